@@ -1,0 +1,22 @@
+"""headstart: transfer learning on PyTorch. Pretrained backbone + new head; train, evaluate, ship.
+
+    import headstart as hs
+    model = hs.create_model("timm:tf_efficientnet_lite0", weights="package:efficientnet-lite0")
+    data = hs.datasets.load("fashion-mnist", subset=200)
+    run = hs.fit(model, data, strategy="linear-probe", epochs=3, out="runs/fmnist")
+    hs.load("runs/fmnist").predict(["shoe.png"])
+"""
+from . import data
+from .backbones import create_backbone, list_backbones
+from .data import datasets
+from .errors import BundleError, ConfigError, DataError, HeadstartError
+from .inference import Predictor, evaluate, load
+from .model import TransferModel, create_model
+from .run import RunResult, fit
+from .strategies import trainable_summary
+
+__version__ = "0.1.0"
+
+__all__ = ["BundleError", "ConfigError", "DataError", "HeadstartError", "Predictor", "RunResult",
+           "TransferModel", "create_backbone", "create_model", "data", "datasets", "evaluate", "fit",
+           "list_backbones", "load", "trainable_summary"]

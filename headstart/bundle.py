@@ -1,0 +1,107 @@
+"""The model bundle: weights as safetensors plus JSON metadata (labels, preprocessing, backbone identity).
+
+Loading rebuilds the architecture from the backbone's registered name without downloading anything, then
+reads the weights with safetensors, which cannot run code.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from .atomic import atomic_write, atomic_write_text
+from .backbones import create_backbone
+from .backbones.custom import wrap_module
+from .backbones.spec import ImagePreprocessing
+from .errors import BundleError
+from .model import TransferModel
+
+FORMAT = "headstart-bundle"
+VERSION = 1
+WEIGHTS, META = "model.safetensors", "headstart.json"
+
+
+def save_bundle(model: TransferModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write `model` as a bundle folder (each file atomically)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path / WEIGHTS, lambda tmp: save_file(state, tmp))
+    meta = {"format": FORMAT, "version": VERSION, **model.describe(), **(extra or {})}
+    atomic_write_text(path / META, json.dumps(meta, indent=2))
+    return path
+
+
+def bundle_dir(path: str | Path) -> Path:
+    """Accept a bundle folder or a run folder (whose best model lives in `best/`)."""
+    path = Path(path)
+    for candidate in (path, path / "best"):
+        if (candidate / META).is_file():
+            return candidate
+    if not path.exists():
+        raise BundleError(f"{str(path)!r} does not exist; give a run folder or a bundle folder")
+    raise BundleError(f"no model bundle in {str(path)!r}: expected {META} there or in its best/ folder. "
+                      "Has the run finished at least one epoch?")
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    meta = json.loads((bundle_dir(path) / META).read_text())
+    if meta.get("format") != FORMAT or meta.get("version", 0) > VERSION:
+        raise BundleError(f"{str(path)!r} is not a headstart bundle of version <= {VERSION} "
+                          f"(format={meta.get('format')!r}, version={meta.get('version')!r})")
+    return meta
+
+
+def load_model(path: str | Path, module: nn.Module | None = None, num_classes: int | None = None) -> TransferModel:
+    """Rebuild a TransferModel from a bundle.
+
+    Args:
+        module: the architecture, for bundles of a custom nn.Module (its weights come from the bundle).
+        num_classes: if given, the bundle must have exactly this many outputs.
+    Raises:
+        BundleError: when the bundle is missing, damaged, or does not match what was asked.
+    """
+    from safetensors.torch import load_file
+
+    folder = bundle_dir(path)
+    meta = read_meta(folder)
+    head, labels, task = meta["head"], meta["labels"], meta["task"]
+    if task == "classification" and len(labels) != head["num_outputs"]:
+        raise BundleError(f"bundle {str(folder)!r} is inconsistent: {len(labels)} labels for a head with "
+                          f"{head['num_outputs']} outputs. Re-export it from its run folder.")
+    if num_classes is not None and head["num_outputs"] != num_classes:
+        raise BundleError(f"bundle {str(folder)!r} has {head['num_outputs']} classes ({labels[:10]}), but "
+                          f"{num_classes} were asked for. Load it without num_classes, or fine-tune a new "
+                          f"head: model.reset_head({num_classes}).")
+    bb = meta["backbone"]
+    pre = ImagePreprocessing.from_dict(bb["preprocessing"]) if bb.get("preprocessing") else None
+    if module is not None:
+        backbone, spec = wrap_module(module, pre, name=bb["source"])
+    elif bb["source"].startswith("module:"):
+        raise BundleError(f"bundle {str(folder)!r} holds a custom module ({bb['source']}); pass the "
+                          "architecture: hs.load(path, module=MyNet()).")
+    else:
+        backbone, spec = create_backbone(bb["source"])  # architecture only: the weights come from the bundle
+        spec.preprocessing = pre
+    spec.weights, spec.weights_id = bb.get("weights"), bb.get("weights_id")
+    model = TransferModel(backbone, spec, head["kind"], head["num_outputs"], labels or None, task,
+                          head["dropout"], head["hidden"])
+    try:
+        state = load_file(str(folder / WEIGHTS))
+    except Exception as e:
+        raise BundleError(f"cannot read {str(folder / WEIGHTS)!r} ({type(e).__name__}: {e}); the file is "
+                          "damaged. Re-export the bundle from its run folder.") from None
+    own = model.state_dict()
+    mismatched = [f"{k}: bundle {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and v.shape != own[k].shape]
+    missing, unexpected = set(own) - set(state), set(state) - set(own)
+    if mismatched or missing or unexpected:
+        raise BundleError(f"bundle weights do not match its metadata: {mismatched[:3]} "
+                          f"missing={sorted(missing)[:3]} unexpected={sorted(unexpected)[:3]}. "
+                          "The class count or backbone in headstart.json differs from model.safetensors.")
+    model.load_state_dict(state)
+    model.eval()
+    return model

@@ -1,0 +1,168 @@
+"""Named data sets that load without a network: a registry, `load()` with per-class subsets, built-in sets."""
+from __future__ import annotations
+
+import functools
+import gzip
+import inspect
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from ..registry import Registry
+from .images import DataSplits, ImageData, stratified_split, subsample_per_class
+
+DATASETS: Registry[Callable[..., DataSplits]] = Registry("data set")
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_ENV = "HEADSTART_FASHION_MNIST_DIR"
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot"]
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    """Names of the registered data sets matching a shell-style wildcard pattern."""
+    return DATASETS.list(pattern)
+
+
+def _cap(value: int | str | None, what: str) -> int | None:
+    """A per-class cap: a positive int, or None / "all" for no cap."""
+    if value is None or value == "all":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DataError(f"{what} must be a positive int (images per class) or 'all', got {value!r}.")
+    return value
+
+
+def load(name: str, subset: int | None = None, val_fraction: float = 0.1, seed: int = 0,
+         val_subset: int | str | None = None, test_subset: int | str | None = None, **kwargs) -> DataSplits:
+    """Load a registered data set by name, optionally capped to a few images per class.
+
+    `subset`: at most this many training images per class (seeded, stratified); None keeps all.
+    `val_subset` / `test_subset`: at most this many val / test images per class, or "all" for no cap.
+    Left at None they follow `subset`: val keeps the train:val ratio of `val_fraction`
+    (ceil(subset * val_fraction / (1 - val_fraction)), at least 1 per class) and test gets `subset` per class;
+    without `subset` they keep everything. The val split is always drawn from the full training set first,
+    so a given (seed, val_fraction) never puts the same image in train and val, whatever the subset.
+    Other keyword arguments go to the data set's loader (e.g. `root=` for fashion-mnist).
+    """
+    loader = DATASETS.get(name)
+    params = inspect.signature(loader).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        allowed = sorted(p for p in params if p not in ("val_fraction", "seed"))
+        raise DataError(f"data set {name!r} does not take option(s) {unknown}; its options are "
+                        f"{allowed or 'none'} (plus subset, val_fraction, seed, val_subset, test_subset).")
+    train_cap = _cap(subset, "subset")
+    val_cap, test_cap = _cap(val_subset, "val_subset"), _cap(test_subset, "test_subset")
+    if train_cap is not None:
+        if val_subset is None and 0 < val_fraction < 1:
+            val_cap = max(1, math.ceil(train_cap * val_fraction / (1 - val_fraction)))
+        if test_subset is None:
+            test_cap = train_cap
+    splits = loader(val_fraction=val_fraction, seed=seed, **kwargs)
+    return DataSplits(
+        train=subsample_per_class(splits.train, train_cap, None, seed),
+        val=subsample_per_class(splits.val, val_cap, None, seed) if splits.val is not None else None,
+        test=subsample_per_class(splits.test, test_cap, None, seed) if splits.test is not None else None,
+        classes=splits.classes, name=splits.name, modality=splits.modality)
+
+
+def _split_val(data: ImageData, val_fraction: float, seed: int) -> tuple[ImageData, ImageData | None]:
+    if val_fraction == 0:  # other values are checked by stratified_split
+        return data, None
+    keep, held = stratified_split(data.targets, val_fraction, seed)
+    return data.subset(keep), data.subset(held)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fashion-MNIST from the IDX files Debian's dataset-fashion-mnist package installs
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Parse an IDX file (optionally gzipped) of unsigned bytes with `ndim` dimensions."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read Fashion-MNIST file {path}: {exc}. Re-download or reinstall it.") from None
+    header = 4 + 4 * ndim
+    if len(raw) < header or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != ndim:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes with {ndim} dims (magic bytes "
+                        f"{raw[:4].hex()}, expected 000008{ndim:02x}). Re-download the Fashion-MNIST files.")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    if len(raw) - header != int(np.prod(dims)):
+        raise DataError(f"{path} says its shape is {dims} but holds {len(raw) - header} bytes of data; the file "
+                        f"is truncated or corrupt. Re-download it.")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _idx_file(directory: Path, stem: str) -> Path:
+    for candidate in (directory / f"{stem}.gz", directory / stem):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"Fashion-MNIST file {stem}.gz not found in {directory}. Install with `sudo apt-get install "
+                    f"dataset-fashion-mnist` (Debian/Ubuntu) or download the four IDX files from the "
+                    f"Fashion-MNIST project and set {FASHION_MNIST_ENV} (or pass root=) to their folder.")
+
+
+@functools.lru_cache(maxsize=4)
+def _fashion_mnist_arrays(directory: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decoded (train images, train labels, test images, test labels); cached so a second load is instant."""
+    d = Path(directory)
+    out = []
+    for part in ("train", "t10k"):
+        images = _read_idx(_idx_file(d, f"{part}-images-idx3-ubyte"), 3)
+        labels = _read_idx(_idx_file(d, f"{part}-labels-idx1-ubyte"), 1)
+        if images.shape[0] != labels.shape[0]:
+            raise DataError(f"Fashion-MNIST {part} files in {d} disagree: {images.shape[0]} images but "
+                            f"{labels.shape[0]} labels. Re-download them.")
+        # frombuffer arrays are read-only; copy once into tensors we own
+        out += [torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))]
+    return out[0], out[1], out[2], out[3]
+
+
+@DATASETS.register("fashion-mnist")
+def fashion_mnist(val_fraction: float = 0.1, seed: int = 0, root: str | os.PathLike | None = None) -> DataSplits:
+    """Fashion-MNIST: 28x28 gray clothing images, 10 classes, 60k train (val split off) and 10k test."""
+    directory = Path(root or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR)
+    if not directory.is_dir():
+        raise DataError(f"Fashion-MNIST folder {directory} does not exist. Install with `sudo apt-get install "
+                        f"dataset-fashion-mnist` (Debian/Ubuntu) or download the four IDX files from the "
+                        f"Fashion-MNIST project and set {FASHION_MNIST_ENV} (or pass root=) to their folder.")
+    x_train, y_train, x_test, y_test = _fashion_mnist_arrays(str(directory.resolve()))
+    classes = list(FASHION_MNIST_CLASSES)
+    train, val = _split_val(ImageData(x_train, y_train, classes), val_fraction, seed)
+    # clone so that callers writing into their tensors cannot corrupt the in-process cache
+    test = ImageData(x_test.clone(), y_test.clone(), classes)
+    return DataSplits(train, val, test, classes, name="fashion-mnist")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# scikit-learn's 8x8 digits (ships inside scikit-learn)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # pixel values are 0..16; spread them over the uint8 range
+    images = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(bunch.target.astype(np.int64))
+
+
+@DATASETS.register("digits")
+def digits(val_fraction: float = 0.1, seed: int = 0, test_fraction: float = 0.2) -> DataSplits:
+    """scikit-learn digits: 1797 8x8 gray images of 0-9; seeded stratified test split, then val split."""
+    x, y = _digits_arrays()
+    classes = [str(i) for i in range(10)]
+    full = ImageData(x.clone(), y.clone(), classes)
+    rest_idx, test_idx = stratified_split(full.targets, test_fraction, seed)
+    train, val = _split_val(full.subset(rest_idx), val_fraction, seed)
+    return DataSplits(train, val, full.subset(test_idx), classes, name="digits")

@@ -1,0 +1,122 @@
+"""Using a trained model: `load` a bundle, `predict` labels and probabilities, `evaluate` on labelled data."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .bundle import load_model
+from .data import IMAGE_EXTENSIONS, DataSplits, ImageData, load_image_files
+from .data.images import _images_to_uint8_nchw
+from .data.transforms import BatchTransform
+from .errors import DataError
+from .metrics import compute_metrics, default_metrics
+from .model import TransferModel
+from .run.loop import predict_outputs
+from .run.precision import resolve_channels_last, resolve_precision
+
+
+class Predictor:
+    """A trained model ready for inference, with its labels and preprocessing attached."""
+
+    def __init__(self, model: TransferModel, batch_size: int = 64, precision: str = "auto"):
+        self.model = model.eval()
+        self.batch_size = batch_size
+        self.transform = BatchTransform(model.spec.preprocessing, train=False)
+        device = torch.device("cpu")
+        self._kwargs = dict(batch_size=batch_size, device=device,
+                            bf16=resolve_precision(precision, model, device, training=False),
+                            channels_last=resolve_channels_last("auto", model))
+
+    @property
+    def labels(self) -> list[str]:
+        return self.model.labels
+
+    @staticmethod
+    def image_paths(path: str | os.PathLike) -> list[str]:
+        """A file as itself, a folder as the image files under it (sorted)."""
+        path = Path(path)
+        if not path.is_dir():
+            return [str(path)]
+        found = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not found:
+            raise DataError(f"no image files in {str(path)!r} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        return found
+
+    def _images(self, inputs: Any) -> tuple[torch.Tensor, list[str] | None]:
+        """Decode paths / a folder / arrays / PIL images into uint8 (N, C, H, W)."""
+        if isinstance(inputs, (str, os.PathLike)):
+            inputs = self.image_paths(inputs)
+        if isinstance(inputs, (np.ndarray, torch.Tensor)):
+            arr = inputs if inputs.ndim != 2 and not (inputs.ndim == 3 and inputs.shape[-1] in (1, 3)) \
+                else inputs[None]  # a single image
+            return _images_to_uint8_nchw(arr, "inputs"), None
+        if isinstance(inputs, Sequence) and inputs and all(isinstance(p, (str, os.PathLike)) for p in inputs):
+            missing = [str(p) for p in inputs if not Path(p).is_file()]
+            if missing:
+                raise DataError(f"{len(missing)} input file(s) do not exist, e.g. {missing[:3]}")
+            pre = self.model.spec.preprocessing
+            stored = math.ceil(max(pre.image_size) / pre.crop_pct)
+            images, kept = load_image_files([str(p) for p in inputs], stored, max_bad_fraction=0.0)
+            return images, [str(inputs[i]) for i in kept]
+        if isinstance(inputs, Sequence) and inputs and hasattr(inputs[0], "convert"):  # PIL images
+            return _images_to_uint8_nchw(np.stack([np.asarray(im.convert("RGB")) for im in inputs]), "inputs"), None
+        raise DataError(f"cannot predict on {type(inputs).__name__}; give image paths, a folder, a numpy/torch "
+                        "array (N, H, W[, C]) or a list of PIL images")
+
+    def predict_proba(self, inputs: Any) -> np.ndarray:
+        """Class probabilities (N, num_classes); regression models return their outputs."""
+        images, _ = self._images(inputs)
+        data = ImageData(images, torch.zeros(len(images), dtype=torch.long), list(self.labels))
+        out = predict_outputs(self.model, data, self.transform, **self._kwargs)
+        return (out.softmax(1) if self.model.task == "classification" else out).numpy()
+
+    def predict(self, inputs: Any) -> list[tuple[str, float]]:
+        """(label, probability) of the most likely class for each input, in order.
+
+        Example:
+            hs.load("runs/fmnist").predict(["shoe.png"])  # [("Sneaker", 0.97)]
+        """
+        probs = self.predict_proba(inputs)
+        if self.model.task != "classification":
+            raise DataError("predict() gives labels for classifiers; use predict_proba() for regression outputs")
+        return [(self.labels[i], float(p[i])) for i, p in zip(probs.argmax(1), probs)]
+
+    def evaluate(self, data: DataSplits | ImageData, split: str = "test") -> dict[str, float]:
+        """Metrics on labelled data whose classes must be the model's classes."""
+        part = getattr(data, split) if isinstance(data, DataSplits) else data
+        if part is None:
+            raise DataError(f"the data has no {split!r} split; choose one of train, val, test that exists")
+        if self.model.task == "classification":
+            part = align_labels(part, self.labels)
+        out = predict_outputs(self.model, part, self.transform, **self._kwargs)
+        return compute_metrics(out, part.targets, default_metrics(self.model.task, out.shape[1]), f"{split}/")
+
+
+def align_labels(data: ImageData, labels: list[str]) -> ImageData:
+    """Re-index `data`'s targets to the model's label order; labels the model never saw are an error."""
+    if list(data.classes) == list(labels):
+        return data
+    unknown = sorted(set(data.classes[i] for i in data.targets.unique().tolist()) - set(labels))
+    if unknown:
+        raise DataError(f"the data has classes the model was not trained on: {unknown[:10]}. The model knows "
+                        f"{labels[:20]}. Evaluate on data with those classes, or fine-tune a new head.")
+    mapping = torch.tensor([labels.index(c) if c in labels else -1 for c in data.classes])
+    return ImageData(data.images, mapping[data.targets], list(labels), data.paths)
+
+
+def load(path: str | Path, module: nn.Module | None = None, num_classes: int | None = None, **kwargs) -> Predictor:
+    """Load a run folder or bundle for inference. See `bundle.load_model` for the arguments."""
+    return Predictor(load_model(path, module=module, num_classes=num_classes), **kwargs)
+
+
+def evaluate(path_or_model: str | Path | TransferModel, data: DataSplits | ImageData, split: str = "test"
+             ) -> dict[str, float]:
+    """Metrics of a run folder, bundle or model on a split of `data`."""
+    model = path_or_model if isinstance(path_or_model, TransferModel) else load_model(path_or_model)
+    return Predictor(model).evaluate(data, split)

@@ -1,0 +1,114 @@
+"""TransferModel: a pretrained backbone plus a new head, and `create_model` to build one."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .backbones import BackboneSpec, ImagePreprocessing, create_backbone
+from .backbones.custom import wrap_module
+from .errors import HeadstartError
+from .heads import build_head
+
+TASKS = ("classification", "regression")
+
+
+class TransferModel(nn.Module):
+    """Backbone + head. `forward(x)` gives logits (or regression outputs) of shape (N, num_outputs).
+
+    The BatchNorm policy of a strategy lives here as `keep_eval`: module names that stay in eval mode
+    whenever the model is put in train mode. Overriding `train()` makes the policy hold for every caller
+    (our loop, Lightning, user code): a frozen backbone left in train mode would keep updating its BatchNorm
+    statistics, the textbook trap that costs 13 points on Fashion-MNIST.
+    """
+
+    def __init__(self, backbone: nn.Module, spec: BackboneSpec, head_kind: str = "linear",
+                 num_outputs: int | None = None, labels: list[str] | None = None, task: str = "classification",
+                 dropout: float = 0.0, hidden: int = 512):
+        super().__init__()
+        if task not in TASKS:
+            raise HeadstartError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        self.backbone = backbone
+        self.spec = spec
+        self.task = task
+        self.head_args = {"kind": head_kind, "dropout": dropout, "hidden": hidden}
+        self.labels: list[str] = list(labels or [])
+        self.head: nn.Module | None = None
+        self.keep_eval: tuple[str, ...] = ()
+        if num_outputs is None and self.labels:
+            num_outputs = len(self.labels)
+        if num_outputs is not None:
+            self.reset_head(num_outputs, self.labels or None)
+
+    @property
+    def num_outputs(self) -> int | None:
+        return None if self.head is None else self.head_args["num_outputs"]
+
+    def reset_head(self, num_outputs: int, labels: list[str] | None = None) -> None:
+        """Put a fresh head with `num_outputs` outputs on the backbone (labels default to '0'..'K-1')."""
+        if num_outputs < 1:
+            raise HeadstartError(f"a head needs at least 1 output, received num_outputs={num_outputs}")
+        if labels is not None and len(labels) != num_outputs:
+            raise HeadstartError(f"{len(labels)} labels for a head with {num_outputs} outputs")
+        args = self.head_args
+        self.head = build_head(args["kind"], self.spec.num_features, num_outputs, args["dropout"], args["hidden"])
+        self.head_args = {**args, "num_outputs": num_outputs}
+        if self.task == "classification":
+            self.labels = list(labels) if labels is not None else [str(i) for i in range(num_outputs)]
+
+    def backbone_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.backbone.parameters())
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        # A frozen backbone needs no autograd graph: skipping it saves memory and about a third of the time.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.backbone_trainable()):
+            return self.backbone.forward_features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            raise HeadstartError("this model has no head yet: call reset_head(num_classes) or pass "
+                                 "num_classes to create_model")
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def train(self, mode: bool = True) -> "TransferModel":
+        super().train(mode)
+        if mode:
+            for name in self.keep_eval:
+                self.get_submodule(name).eval()
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """What a bundle needs to rebuild this model without its weights."""
+        return {"backbone": self.spec.to_dict(), "head": dict(self.head_args), "task": self.task,
+                "labels": list(self.labels)}
+
+
+def create_model(backbone: str | nn.Module, num_classes: int | None = None, *, weights: str | None = None,
+                 labels: list[str] | None = None, head: str = "linear", hidden: int = 512, dropout: float = 0.0,
+                 task: str = "classification", image_size: int | None = None,
+                 preprocessing: ImagePreprocessing | None = None) -> TransferModel:
+    """A pretrained backbone with a new head.
+
+    Args:
+        backbone: a registered name (``timm:resnet50``, ``torchvision:vgg16``, ``toy:cnn``) or any nn.Module.
+        num_classes: outputs of the head; may be left out and set from the data by `fit`.
+        weights: ``package:efficientnet-lite0``, a local ``.safetensors``/``.pth`` file, ``hub``, or None.
+        task: ``classification`` (cross-entropy) or ``regression`` (num_classes = number of targets).
+        image_size: override the weights' input size (e.g. smaller for small images, faster on CPU).
+
+    Example:
+        model = hs.create_model("timm:tf_efficientnet_lite0", 10, weights="package:efficientnet-lite0")
+    """
+    if isinstance(backbone, nn.Module):
+        module, spec = wrap_module(backbone, preprocessing)
+    else:
+        module, spec = create_backbone(backbone, weights=weights)
+        if preprocessing is not None:
+            spec.preprocessing = preprocessing
+    if image_size is not None and spec.preprocessing is not None:
+        spec.preprocessing = spec.preprocessing.with_size(image_size)
+    return TransferModel(module, spec, head, num_classes, labels, task, dropout, hidden)

@@ -1,0 +1,46 @@
+"""Optimizer and learning-rate schedule from parameter groups that carry their own lr and weight decay."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..registry import Registry
+
+OPTIMIZERS: Registry = Registry("optimizer")
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
+    """AdamW; each group's weight_decay is decoupled from its lr."""
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum."""
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+
+
+def build_optimizer(groups: list[dict], name: str, lr: float, momentum: float = 0.9) -> torch.optim.Optimizer:
+    return OPTIMIZERS.get(name)(groups, lr, momentum)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, schedule: str = "cosine"):
+    """Multiplier of each group's own lr at a step: linear warmup, then cosine decay to zero (or constant)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
+                    schedule: str = "cosine") -> torch.optim.lr_scheduler.LambdaLR:
+    # LambdaLR scales each group's initial lr, so per-group learning rates survive the schedule.
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps, schedule))

