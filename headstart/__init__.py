@@ -7,7 +7,7 @@
     hs.load("runs/fmnist").predict(["shoe.png"])
 """
 from . import data
-from .backbones import create_backbone, list_backbones
+from .backbones import BackboneSpec, ImagePreprocessing, create_backbone, list_backbones
 from .data import datasets
 from .errors import BundleError, ConfigError, DataError, HeadstartError
 from .inference import Predictor, evaluate, load
@@ -17,6 +17,6 @@ from .strategies import trainable_summary
 
 __version__ = "0.1.0"
 
-__all__ = ["BundleError", "ConfigError", "DataError", "HeadstartError", "Predictor", "RunResult",
+__all__ = ["BackboneSpec", "BundleError", "ConfigError", "DataError", "HeadstartError", "ImagePreprocessing", "Predictor", "RunResult",
            "TransferModel", "create_backbone", "create_model", "data", "datasets", "evaluate", "fit",
            "list_backbones", "load", "trainable_summary"]

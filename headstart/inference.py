@@ -11,9 +11,7 @@ import torch
 import torch.nn as nn
 
 from .bundle import load_model
-from .data import IMAGE_EXTENSIONS, DataSplits, ImageData, load_image_files
-from .data.images import _images_to_uint8_nchw
-from .data.transforms import BatchTransform
+from .data import IMAGE_EXTENSIONS, DataSplits, ImageData, images_to_uint8, load_image_files, make_batcher
 from .errors import DataError
 from .metrics import compute_metrics, default_metrics
 from .model import TransferModel
@@ -27,7 +25,6 @@ class Predictor:
     def __init__(self, model: TransferModel, batch_size: int = 64, precision: str = "auto"):
         self.model = model.eval()
         self.batch_size = batch_size
-        self.transform = BatchTransform(model.spec.preprocessing, train=False)
         device = torch.device("cpu")
         self._kwargs = dict(batch_size=batch_size, device=device,
                             bf16=resolve_precision(precision, model, device, training=False),
@@ -55,7 +52,7 @@ class Predictor:
         if isinstance(inputs, (np.ndarray, torch.Tensor)):
             arr = inputs if inputs.ndim != 2 and not (inputs.ndim == 3 and inputs.shape[-1] in (1, 3)) \
                 else inputs[None]  # a single image
-            return _images_to_uint8_nchw(arr, "inputs"), None
+            return images_to_uint8(arr, "inputs"), None
         if isinstance(inputs, Sequence) and inputs and all(isinstance(p, (str, os.PathLike)) for p in inputs):
             missing = [str(p) for p in inputs if not Path(p).is_file()]
             if missing:
@@ -65,7 +62,7 @@ class Predictor:
             images, kept = load_image_files([str(p) for p in inputs], stored, max_bad_fraction=0.0)
             return images, [str(inputs[i]) for i in kept]
         if isinstance(inputs, Sequence) and inputs and hasattr(inputs[0], "convert"):  # PIL images
-            return _images_to_uint8_nchw(np.stack([np.asarray(im.convert("RGB")) for im in inputs]), "inputs"), None
+            return images_to_uint8(np.stack([np.asarray(im.convert("RGB")) for im in inputs]), "inputs"), None
         raise DataError(f"cannot predict on {type(inputs).__name__}; give image paths, a folder, a numpy/torch "
                         "array (N, H, W[, C]) or a list of PIL images")
 
@@ -73,7 +70,7 @@ class Predictor:
         """Class probabilities (N, num_classes); regression models return their outputs."""
         images, _ = self._images(inputs)
         data = ImageData(images, torch.zeros(len(images), dtype=torch.long), list(self.labels))
-        out = predict_outputs(self.model, data, self.transform, **self._kwargs)
+        out = predict_outputs(self.model, make_batcher(data, self.model.spec, train=False), **self._kwargs)
         return (out.softmax(1) if self.model.task == "classification" else out).numpy()
 
     def predict(self, inputs: Any) -> list[tuple[str, float]]:
@@ -94,7 +91,7 @@ class Predictor:
             raise DataError(f"the data has no {split!r} split; choose one of train, val, test that exists")
         if self.model.task == "classification":
             part = align_labels(part, self.labels)
-        out = predict_outputs(self.model, part, self.transform, **self._kwargs)
+        out = predict_outputs(self.model, make_batcher(part, self.model.spec, train=False), **self._kwargs)
         return compute_metrics(out, part.targets, default_metrics(self.model.task, out.shape[1]), f"{split}/")
 
 

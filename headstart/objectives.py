@@ -1,4 +1,7 @@
-"""Objectives turn a batch into a dict with "loss" plus what they log; one loop serves them all."""
+"""Objectives turn a batch into a dict with "loss" plus what they log; one loop serves them all.
+
+Each objective also exposes `loss(outputs, targets)`, used to score collected outputs at evaluation.
+"""
 from __future__ import annotations
 
 import torch
@@ -18,12 +21,14 @@ class CrossEntropy:
         self.label_smoothing = label_smoothing
         self.class_weights = class_weights
 
-    def __call__(self, model, x: torch.Tensor, y: torch.Tensor) -> dict:
-        logits = model(x)
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # The loss in fp32 even under bf16 autocast: log-softmax over bf16 loses the small differences.
         weight = None if self.class_weights is None else self.class_weights.to(logits.device)
-        loss = F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=self.label_smoothing)
-        return {"loss": loss, "outputs": logits}
+        return F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=self.label_smoothing)
+
+    def __call__(self, model, x, y: torch.Tensor) -> dict:
+        logits = model(x)
+        return {"loss": self.loss(logits, y), "outputs": logits}
 
 
 @OBJECTIVES.register("mse")
@@ -33,10 +38,12 @@ class MeanSquaredError:
     def __init__(self, **_):
         pass
 
-    def __call__(self, model, x: torch.Tensor, y: torch.Tensor) -> dict:
+    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(outputs.float().reshape(y.shape), y.float())
+
+    def __call__(self, model, x, y: torch.Tensor) -> dict:
         out = model(x)
-        loss = F.mse_loss(out.float().reshape(y.shape), y.float())
-        return {"loss": loss, "outputs": out}
+        return {"loss": self.loss(out, y), "outputs": out}
 
 
 def balanced_class_weights(targets: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -57,8 +57,7 @@ def test_classic_backbones_take_a_new_head(name):
 def test_custom_module_backbone():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 6, 3))
     net.register_parameter("scale", nn.Parameter(torch.ones(1)))  # a parameter the module holds itself
-    model = hs.create_model(net, 3, preprocessing=hs.data.BatchTransform.__init__.__globals__["ImagePreprocessing"](
-        input_size=(3, 20, 20)))
+    model = hs.create_model(net, 3, preprocessing=hs.ImagePreprocessing(input_size=(3, 20, 20)))
     assert model.spec.num_features == 6  # spatial output is average-pooled
     check_layer_groups(model.backbone, model.spec)
     assert model(torch.randn(2, 3, 20, 20)).shape == (2, 3)

@@ -33,7 +33,7 @@ def test_bundle_reloads_and_predicts_identically(trained_run, tiny_data):
     again = hs.load(trained_run / "best").predict_proba(images)
     np.testing.assert_array_equal(probs, again)
     # Same numbers as the in-memory model on the same preprocessed batch.
-    x = predictor.transform(tiny_data.test.images)
+    x = hs.data.BatchTransform(best.spec.preprocessing, train=False)(tiny_data.test.images)
     with torch.no_grad():
         expected = best.eval()(x).softmax(1).numpy()
     np.testing.assert_allclose(probs, expected, rtol=1e-2, atol=1e-2)  # bf16 inference on CPUs that have it

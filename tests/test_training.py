@@ -9,7 +9,7 @@ import torch
 
 import headstart as hs
 from headstart.data import iterate_batches
-from headstart.data.transforms import BatchTransform
+from headstart.data import make_batcher
 from headstart.errors import ConfigError, DataError
 from headstart.objectives import CrossEntropy
 from headstart.run import loop
@@ -103,8 +103,8 @@ def test_gradient_accumulation_equals_one_large_batch(tiny_data):
         model = hs.create_model("toy:mlp", 3)  # no BatchNorm: batch statistics would differ per micro-batch
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
         sched = build_scheduler(opt, 10, 0, "constant")
-        tf = BatchTransform(model.spec.preprocessing, train=False)
-        loop.train_epoch(model, CrossEntropy(), opt, sched, data, tf, epoch=0, batch_size=batch,
+        batcher = make_batcher(data, model.spec, train=False)
+        loop.train_epoch(model, CrossEntropy(), opt, sched, batcher, epoch=0, batch_size=batch,
                          grad_accum=accum, seed=0)
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results):

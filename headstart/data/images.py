@@ -382,7 +382,7 @@ def _to_numpy(a: Any, what: str) -> np.ndarray:
         raise DataError(f"{what} must be a numpy array or torch tensor, got {type(a).__name__} ({exc}).") from None
 
 
-def _images_to_uint8_nchw(x: Any, what: str) -> torch.Tensor:
+def images_to_uint8(x: Any, what: str) -> torch.Tensor:
     """Convert (N,H,W), (N,H,W,C) or (N,C,H,W) arrays (uint8, ints, or floats in [0,1] / [0,255]) to uint8 NCHW."""
     arr = _to_numpy(x, what)
     if arr.ndim == 3:
@@ -471,7 +471,7 @@ def _array_part(x: Any, y: Any, what: str, classes: list[str] | None) -> ImageDa
     if (x is None) != (y is None):
         raise DataError(f"give both x_{what} and y_{what}, or neither (got only "
                         f"{'x' if y is None else 'y'}_{what}).")
-    images = _images_to_uint8_nchw(x, f"x_{what}" if what != "train" else "x")
+    images = images_to_uint8(x, f"x_{what}" if what != "train" else "x")
     targets, classes = _targets(y, f"y_{what}" if what != "train" else "y", images.shape[0], classes)
     return ImageData(images, targets, classes)
 

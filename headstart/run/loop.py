@@ -1,27 +1,29 @@
 """The training loop's two halves: one epoch of optimisation, and evaluation over a split."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
-from ..data import ImageData, iterate_batches
+from ..data.batcher import Batcher
 from ..metrics import compute_metrics
 from .precision import autocast
 
 
-def to_input(images: torch.Tensor, transform: Callable, generator: torch.Generator | None,
-             device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = transform(images, generator).to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+def to_device(inputs: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move a batch (a tensor or a dict of tensors) to `device`; image tensors optionally channels_last."""
+    if isinstance(inputs, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+    inputs = inputs.to(device, non_blocking=True)
+    return inputs.contiguous(memory_format=torch.channels_last) if channels_last and inputs.ndim == 4 else inputs
 
 
 def train_epoch(model: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, scheduler,
-                data: ImageData, transform: Callable, *, epoch: int, batch_size: int, grad_accum: int = 1,
+                batcher: Batcher, *, epoch: int, batch_size: int, grad_accum: int = 1,
                 clip_grad_norm: float | None = None, bf16: bool = False, channels_last: bool = False,
                 seed: int = 0, accelerator=None, progress: Callable | None = None) -> dict[str, float]:
-    """One pass over `data`; returns the mean training loss.
+    """One pass over the batcher's data; returns the mean training loss.
 
     Gradients of `grad_accum` consecutive batches are summed before a step, each loss divided by the size
     of its accumulation window, so k batches of b give the same step as one batch of k*b.
@@ -30,15 +32,14 @@ def train_epoch(model: nn.Module, objective: Callable, optimizer: torch.optim.Op
     device = accelerator.device if accelerator else torch.device("cpu")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     augment_rng = torch.Generator().manual_seed(seed * 7919 + epoch)
-    batches = list(iterate_batches(len(data), batch_size, shuffle=True, seed=seed, epoch=epoch,
-                                   rank=rank, world_size=world, drop_last=False))
+    batches = batcher.order(batch_size, shuffle=True, seed=seed, epoch=epoch, rank=rank, world_size=world)
     model.train()
     total, count = torch.zeros((), dtype=torch.float64), 0
     for i, idx in enumerate(progress(batches) if progress else batches):
         window_start = (i // grad_accum) * grad_accum
         window = min(grad_accum, len(batches) - window_start)
-        x = to_input(data.images[idx], transform, augment_rng, device, channels_last)
-        y = data.targets[idx].to(device)
+        x = to_device(batcher.inputs(idx, augment_rng), device, channels_last)
+        y = batcher.data.targets[idx].to(device)
         with autocast(device, bf16):
             out = objective(model, x, y)
         loss = out["loss"] / window
@@ -56,26 +57,30 @@ def train_epoch(model: nn.Module, objective: Callable, optimizer: torch.optim.Op
 
 
 @torch.no_grad()
-def predict_outputs(model: nn.Module, data: ImageData, transform: Callable, *, batch_size: int = 128,
-                    bf16: bool = False, channels_last: bool = False, device: torch.device | None = None
-                    ) -> torch.Tensor:
-    """Model outputs (N, num_outputs) in fp32 for every sample, in order."""
+def predict_outputs(model: nn.Module, batcher: Batcher, *, batch_size: int = 128, bf16: bool = False,
+                    channels_last: bool = False, device: torch.device | None = None) -> torch.Tensor:
+    """Model outputs (N, num_outputs) in fp32 for every sample, in data order."""
     device = device or torch.device("cpu")
     model.eval()
-    outs = []
-    for idx in iterate_batches(len(data), batch_size, shuffle=False, seed=0, epoch=0):
-        x = to_input(data.images[idx], transform, None, device, channels_last)
+    outs, order = [], []
+    for idx in batcher.order(batch_size, shuffle=False, seed=0, epoch=0):
+        x = to_device(batcher.inputs(idx), device, channels_last)
         with autocast(device, bf16):
             outs.append(model(x).float().cpu())
-    return torch.cat(outs) if outs else torch.zeros(0, 0)
+        order.append(idx)
+    if not outs:
+        return torch.zeros(0, 0)
+    out = torch.cat(outs)
+    # A batcher may group samples (e.g. text by length): put rows back in data order.
+    return out[torch.argsort(torch.cat(order))]
 
 
-def evaluate_split(model: nn.Module, data: ImageData, transform: Callable, metric_names: list[str],
-                   prefix: str, objective: Callable | None = None, **kwargs) -> dict[str, float]:
+def evaluate_split(model: nn.Module, batcher: Batcher, metric_names: list[str], prefix: str,
+                   objective: Callable | None = None, **kwargs) -> dict[str, float]:
     """Metrics (and the loss, when an objective is given) of the model on one split."""
-    outputs = predict_outputs(model, data, transform, **kwargs)
-    metrics = compute_metrics(outputs, data.targets, metric_names, prefix=f"{prefix}/")
+    outputs = predict_outputs(model, batcher, **kwargs)
+    targets = batcher.data.targets
+    metrics = compute_metrics(outputs, targets, metric_names, prefix=f"{prefix}/")
     if objective is not None:
-        loss = objective(lambda _: outputs, None, data.targets)["loss"]
-        metrics[f"{prefix}/loss"] = loss.item()
+        metrics[f"{prefix}/loss"] = objective.loss(outputs, targets).item()
     return metrics

@@ -14,7 +14,7 @@ from ..atomic import atomic_write_text
 from ..bundle import save_bundle
 from ..config import RunConfig, config_to_yaml, validate_config
 from ..data import DataSplits, num_batches
-from ..data.transforms import BatchTransform
+from ..data.batcher import make_batcher
 from ..errors import ConfigError, DataError
 from ..metrics import default_metrics
 from ..model import TransferModel
@@ -97,8 +97,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     model = accelerator.prepare(model)
     core = accelerator.unwrap_model(model)
 
-    train_tf = BatchTransform(core.spec.preprocessing, train=True, augment=augment)
-    eval_tf = BatchTransform(core.spec.preprocessing, train=False)
+    train_batches = make_batcher(data.train, core.spec, train=True, augment=augment)
+    val_batches = make_batcher(data.val, core.spec, train=False)
     metric_names = default_metrics(core.task, core.num_outputs)
     eval_kwargs = dict(batch_size=cfg.eval_batch_size, bf16=bf16_eval, channels_last=channels_last, device=device)
     show = cfg.progress and accelerator.is_main_process
@@ -114,12 +114,12 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
             strat.apply(core, epoch=epoch)
         t0 = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1}
-        row.update(train_epoch(model, objective, optimizer, scheduler, data.train, train_tf, epoch=epoch,
+        row.update(train_epoch(model, objective, optimizer, scheduler, train_batches, epoch=epoch,
                                batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                                clip_grad_norm=cfg.clip_grad_norm, bf16=bf16_train,
                                channels_last=channels_last, seed=cfg.seed, accelerator=accelerator,
                                progress=progress_bar(show, f"epoch {epoch + 1}/{cfg.epochs}")))
-        row.update(evaluate_split(core, data.val, eval_tf, metric_names, "val", objective, **eval_kwargs))
+        row.update(evaluate_split(core, val_batches, metric_names, "val", objective, **eval_kwargs))
         row["lr"] = optimizer.param_groups[-1]["lr"]
         row["seconds"] = round(time.perf_counter() - t0, 3)
         if monitor not in row:
@@ -151,7 +151,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
 
         best_model = load_model(run_dir / "best", module=core.backbone.net if core.spec.source.startswith(
             "module:") else None)
-        test_metrics = evaluate_split(best_model, data.test, eval_tf, metric_names, "test", **eval_kwargs)
+        test_metrics = evaluate_split(best_model, make_batcher(data.test, core.spec, train=False), metric_names,
+                                      "test", **eval_kwargs)
         if accelerator.is_main_process:
             atomic_write_text(run_dir / TEST_FILE, json.dumps(test_metrics, indent=2))
     return RunResult(run_dir, history, best_epoch, {k: v for k, v in best_row.items() if "/" in k},
