@@ -134,6 +134,10 @@ class TrainConfig(BaseModel):
     seed: int = 0
     eval_batch_size: int = Field(128, ge=1)
     progress: bool = True
+    # Frozen-backbone features computed once and reused: auto = whenever the whole backbone is frozen.
+    cache: Literal["auto", "on", "off"] = "auto"
+    cache_views: int = Field(1, ge=1)  # with augmentation: 1 = the plain view only; k > 1 adds k-1 augmented views
+    cache_dir: str | None = None  # default ~/.cache/headstart/features (or $HEADSTART_CACHE)
 
     @field_validator("channels_last", mode="before")
     @classmethod

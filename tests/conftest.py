@@ -1,11 +1,17 @@
 """Shared fixtures: tiny models and synthetic, separable image data."""
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 import torch
 
 from headstart.data import from_arrays
+
+# Tests never write to the user's feature cache.
+os.environ["HEADSTART_CACHE"] = tempfile.mkdtemp(prefix="headstart-test-cache-")
 
 
 def separable_images(n_per_class: int = 24, classes: int = 3, size: int = 16, seed: int = 0) -> tuple:

@@ -16,6 +16,7 @@ from ..config import RunConfig, config_to_yaml, validate_config
 from ..data import DataSplits, num_batches
 from ..data.batcher import make_batcher
 from ..errors import ConfigError, DataError
+from ..features import HeadOnly, cached_feature_batchers
 from ..metrics import default_metrics
 from ..model import TransferModel
 from ..objectives import OBJECTIVES, balanced_class_weights
@@ -97,8 +98,9 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     model = accelerator.prepare(model)
     core = accelerator.unwrap_model(model)
 
-    train_batches = make_batcher(data.train, core.spec, train=True, augment=augment)
-    val_batches = make_batcher(data.val, core.spec, train=False)
+    image_batches = make_batcher(data.train, core.spec, train=True, augment=augment)
+    val_image_batches = make_batcher(data.val, core.spec, train=False)
+    feature_batches = None  # (train views, val) of cached frozen-backbone features, made on first use
     metric_names = default_metrics(core.task, core.num_outputs)
     eval_kwargs = dict(batch_size=cfg.eval_batch_size, bf16=bf16_eval, channels_last=channels_last, device=device)
     show = cfg.progress and accelerator.is_main_process
@@ -113,13 +115,25 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         if strat.changes_at(epoch):
             strat.apply(core, epoch=epoch)
         t0 = time.perf_counter()
+        # A frozen backbone gives the same features every epoch: compute them once, then train the head alone.
+        if cfg.cache != "off" and not core.backbone_trainable():
+            if feature_batches is None:
+                feature_batches = cached_feature_batchers(
+                    core, data.train, data.val, augment=augment, views=cfg.cache_views, seed=cfg.seed,
+                    cache_dir=cfg.cache_dir, bf16=bf16_eval, channels_last=channels_last,
+                    batch_size=cfg.eval_batch_size, device=device)
+            views, val_batches = feature_batches
+            step_model, eval_model, train_batches = HeadOnly(core), HeadOnly(core), views[epoch % len(views)]
+        else:  # the backbone trains: features computed before are stale from here on
+            feature_batches = None
+            step_model, eval_model, train_batches, val_batches = model, core, image_batches, val_image_batches
         row: dict[str, Any] = {"epoch": epoch + 1}
-        row.update(train_epoch(model, objective, optimizer, scheduler, train_batches, epoch=epoch,
+        row.update(train_epoch(step_model, objective, optimizer, scheduler, train_batches, epoch=epoch,
                                batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                                clip_grad_norm=cfg.clip_grad_norm, bf16=bf16_train,
                                channels_last=channels_last, seed=cfg.seed, accelerator=accelerator,
                                progress=progress_bar(show, f"epoch {epoch + 1}/{cfg.epochs}")))
-        row.update(evaluate_split(core, val_batches, metric_names, "val", objective, **eval_kwargs))
+        row.update(evaluate_split(eval_model, val_batches, metric_names, "val", objective, **eval_kwargs))
         row["lr"] = optimizer.param_groups[-1]["lr"]
         row["seconds"] = round(time.perf_counter() - t0, 3)
         if monitor not in row:

@@ -1,0 +1,95 @@
+"""The feature cache: keyed by weights, preprocessing and data; damaged or stale files are rebuilt."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import headstart as hs
+from headstart.data import make_batcher
+from headstart.features import cache_key, cached_features, extract_features
+
+
+@pytest.fixture
+def setup(tiny_data):
+    model = hs.create_model("toy:cnn", 3)
+    batcher = make_batcher(tiny_data.train, model.spec, train=False)
+    return model, batcher, tiny_data.train.fingerprint()
+
+
+def test_cache_hit_returns_identical_features(setup, tmp_path):
+    model, batcher, fp = setup
+    a, hit_a = cached_features(model.backbone, model.spec, batcher, fp, cache_dir=tmp_path)
+    b, hit_b = cached_features(model.backbone, model.spec, batcher, fp, cache_dir=tmp_path)
+    assert (hit_a, hit_b) == (False, True)
+    assert torch.equal(a, b)
+    with torch.no_grad():
+        direct = model.backbone.eval().forward_features(batcher.inputs(torch.arange(len(batcher.data))))
+    torch.testing.assert_close(a, direct)
+
+
+def test_key_changes_with_weights_preprocessing_and_data(setup, tiny_data):
+    model, _, fp = setup
+    base = cache_key(model.backbone, model.spec, fp)
+    with torch.no_grad():
+        next(model.backbone.parameters())[0, 0, 0, 0] += 1e-3  # a tiny edit of the weights
+    assert cache_key(model.backbone, model.spec, fp) != base
+    model2 = hs.create_model("toy:cnn", 3)
+    k2 = cache_key(model2.backbone, model2.spec, fp)
+    spec = dataclasses.replace(model2.spec, preprocessing=model2.spec.preprocessing.with_size(24))
+    assert cache_key(model2.backbone, spec, fp) != k2
+    other = tiny_data.train.subset(torch.arange(len(tiny_data.train) - 1))
+    assert cache_key(model2.backbone, model2.spec, other.fingerprint()) != k2
+    assert cache_key(model2.backbone, model2.spec, fp, view="aug0") != k2
+    assert cache_key(model2.backbone, model2.spec, fp, bf16=True) != k2
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble", "stale"])
+def test_damaged_or_stale_cache_is_rebuilt(setup, tmp_path, damage):
+    model, batcher, fp = setup
+    good, _ = cached_features(model.backbone, model.spec, batcher, fp, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("*.safetensors")
+    raw = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "garble":  # same length, flipped bytes inside the tensor data: only the checksum sees it
+        path.write_bytes(raw[:-16] + bytes(b ^ 0xFF for b in raw[-16:]))
+    else:  # a file under the right name made for other data
+        from safetensors.torch import save_file
+
+        save_file({"features": torch.zeros(3, good.shape[1])}, str(path), metadata={"key": "other"})
+    with pytest.warns(UserWarning, match="rebuilding"):
+        again, hit = cached_features(model.backbone, model.spec, batcher, fp, cache_dir=tmp_path)
+    assert not hit and torch.equal(again, good)
+    _, hit = cached_features(model.backbone, model.spec, batcher, fp, cache_dir=tmp_path)
+    assert hit  # the rebuilt file is good again
+
+
+def test_extract_restores_train_mode(setup):
+    model, batcher, _ = setup
+    model.backbone.train()
+    extract_features(model.backbone, batcher)
+    assert model.backbone.training
+
+
+def test_cached_and_uncached_linear_probes_learn_the_same_head(tiny_data, tmp_path):
+    heads, histories = [], []
+    for cache in ("on", "off"):
+        torch.manual_seed(0)
+        model = hs.create_model("toy:cnn", 3)
+        run = hs.fit(model, tiny_data, "linear-probe", epochs=3, lr=0.05, batch_size=8, augment=False,
+                     precision="fp32", cache=cache, cache_dir=str(tmp_path / "cache"), progress=False,
+                     out=tmp_path / cache)
+        heads.append(model.head.state_dict())
+        histories.append(run.history)
+    for k in heads[0]:
+        torch.testing.assert_close(heads[0][k], heads[1][k], rtol=1e-4, atol=1e-5)
+    assert [round(h["val/accuracy"], 6) for h in histories[0]] == [round(h["val/accuracy"], 6) for h in histories[1]]
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2  # train and val features, no more
+
+
+def test_unfrozen_backbone_never_uses_the_cache(tiny_data, tmp_path):
+    hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", epochs=1, cache="on", batch_size=8,
+           cache_dir=str(tmp_path / "cache"), progress=False, out=tmp_path / "r")
+    assert not (tmp_path / "cache").exists()
