@@ -5,18 +5,22 @@
     data = hs.datasets.load("fashion-mnist", subset=200)
     run = hs.fit(model, data, strategy="linear-probe", epochs=3, out="runs/fmnist")
     hs.load("runs/fmnist").predict(["shoe.png"])
+
+    text = hs.create_model("hf:sentence-transformers/all-MiniLM-L6-v2", max_length=128)   # text: same workflow
+    news = hs.datasets.load("bbc-news")                      # or hs.data.text_file("news.csv", "body", "topic")
 """
 from . import data
-from .backbones import BackboneSpec, ImagePreprocessing, create_backbone, list_backbones
+from .backbones import BackboneSpec, ImagePreprocessing, TextPreprocessing, create_backbone, list_backbones
 from .data import datasets
 from .errors import BundleError, ConfigError, DataError, HeadstartError
 from .inference import Predictor, evaluate, load
 from .model import TransferModel, create_model
 from .run import RunResult, fit
+from .rank import RankResult, rank  # hs.rank is the function (it shadows the submodule attribute)
 from .strategies import trainable_summary
 
 __version__ = "0.1.0"
 
 __all__ = ["BackboneSpec", "BundleError", "ConfigError", "DataError", "HeadstartError", "ImagePreprocessing", "Predictor", "RunResult",
-           "TransferModel", "create_backbone", "create_model", "data", "datasets", "evaluate", "fit",
-           "list_backbones", "load", "trainable_summary"]
+           "TextPreprocessing", "TransferModel", "create_backbone", "create_model", "data", "datasets", "evaluate", "fit",
+           "list_backbones", "load", "rank", "RankResult", "trainable_summary"]

@@ -14,13 +14,14 @@ import torch.nn as nn
 from .atomic import atomic_write, atomic_write_text
 from .backbones import create_backbone
 from .backbones.custom import wrap_module
-from .backbones.spec import ImagePreprocessing
+from .backbones.spec import TextPreprocessing, preprocessing_from_dict
 from .errors import BundleError
 from .model import TransferModel
 
 FORMAT = "headstart-bundle"
 VERSION = 1
 WEIGHTS, META = "model.safetensors", "headstart.json"
+TEXT_DIR = "text"  # text models: the encoder's config.json and the tokenizer files, so loading needs no hub
 
 
 def save_bundle(model: TransferModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -28,9 +29,20 @@ def save_bundle(model: TransferModel, path: str | Path, extra: dict[str, Any] | 
     from safetensors.torch import save_file
 
     path = Path(path)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state, adapters = model.state_dict(), None
+    if getattr(model, "adapters", None):  # PEFT: adapters + head only, or merged if the base can't be rebuilt
+        from .strategies.peft import bundle_contents
+
+        state, adapters, model = bundle_contents(model)
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     atomic_write(path / WEIGHTS, lambda tmp: save_file(state, tmp))
-    meta = {"format": FORMAT, "version": VERSION, **model.describe(), **(extra or {})}
+    meta = {"format": FORMAT, "version": VERSION, **model.describe(), **({"adapters": adapters} if adapters else {}),
+            **(extra or {})}
+    if isinstance(model.spec.preprocessing, TextPreprocessing):
+        from .backbones.hf_source import save_text_assets
+
+        save_text_assets(model.backbone, model.spec.preprocessing, path / TEXT_DIR)
+        meta["backbone"]["preprocessing"]["tokenizer"] = TEXT_DIR  # relative: the bundle folder can move
     atomic_write_text(path / META, json.dumps(meta, indent=2))
     return path
 
@@ -69,7 +81,7 @@ def load_model(path: str | Path, module: nn.Module | None = None, num_classes: i
     folder = bundle_dir(path)
     meta = read_meta(folder)
     head, labels, task = meta["head"], meta["labels"], meta["task"]
-    if task == "classification" and len(labels) != head["num_outputs"]:
+    if task in ("classification", "multilabel") and len(labels) != head["num_outputs"]:
         raise BundleError(f"bundle {str(folder)!r} is inconsistent: {len(labels)} labels for a head with "
                           f"{head['num_outputs']} outputs. Re-export it from its run folder.")
     if num_classes is not None and head["num_outputs"] != num_classes:
@@ -77,18 +89,36 @@ def load_model(path: str | Path, module: nn.Module | None = None, num_classes: i
                           f"{num_classes} were asked for. Load it without num_classes, or fine-tune a new "
                           f"head: model.reset_head({num_classes}).")
     bb = meta["backbone"]
-    pre = ImagePreprocessing.from_dict(bb["preprocessing"]) if bb.get("preprocessing") else None
+    pre = preprocessing_from_dict(bb.get("preprocessing"))
+    if isinstance(pre, TextPreprocessing):  # the tokenizer and the encoder's config travel in the bundle
+        if not (folder / TEXT_DIR / "config.json").is_file():
+            raise BundleError(f"bundle {str(folder)!r} holds a text model but not its {TEXT_DIR}/config.json and "
+                              "tokenizer files; re-export it from its run folder.")
+        pre = TextPreprocessing(str(folder / TEXT_DIR), pre.max_length, pre.pooling, pre.vocab_size)
+    adapters = meta.get("adapters")
     if module is not None:
         backbone, spec = wrap_module(module, pre, name=bb["source"])
     elif bb["source"].startswith("module:"):
         raise BundleError(f"bundle {str(folder)!r} holds a custom module ({bb['source']}); pass the "
                           "architecture: hs.load(path, module=MyNet()).")
+    elif adapters:  # a PEFT bundle holds adapters and head only: the base weights come from their source
+        from .strategies.peft import rebuild_base
+
+        backbone, spec = rebuild_base(bb["source"], adapters, pre)
+    elif isinstance(pre, TextPreprocessing):
+        from .backbones.hf_source import text_backbone_from_folder
+
+        backbone, spec = text_backbone_from_folder(folder / TEXT_DIR, pre, bb["source"])
     else:
         backbone, spec = create_backbone(bb["source"])  # architecture only: the weights come from the bundle
         spec.preprocessing = pre
     spec.weights, spec.weights_id = bb.get("weights"), bb.get("weights_id")
     model = TransferModel(backbone, spec, head["kind"], head["num_outputs"], labels or None, task,
                           head["dropout"], head["hidden"])
+    if adapters:
+        from .strategies.peft import restore_adapters
+
+        required = restore_adapters(model, adapters)
     try:
         state = load_file(str(folder / WEIGHTS))
     except Exception as e:
@@ -97,11 +127,11 @@ def load_model(path: str | Path, module: nn.Module | None = None, num_classes: i
     own = model.state_dict()
     mismatched = [f"{k}: bundle {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in state.items() if k in own and v.shape != own[k].shape]
-    missing, unexpected = set(own) - set(state), set(state) - set(own)
+    missing, unexpected = (required if adapters else set(own)) - set(state), set(state) - set(own)
     if mismatched or missing or unexpected:
         raise BundleError(f"bundle weights do not match its metadata: {mismatched[:3]} "
                           f"missing={sorted(missing)[:3]} unexpected={sorted(unexpected)[:3]}. "
                           "The class count or backbone in headstart.json differs from model.safetensors.")
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=not adapters)
     model.eval()
     return model

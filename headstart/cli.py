@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -39,7 +40,11 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         set_: List[str] = typer.Option([], "--set", help="override a config key: --set train.epochs=3"),
         backbone: Optional[str] = typer.Option(None, help="e.g. timm:resnet50 (model.backbone)"),
         weights: Optional[str] = typer.Option(None, help="package:..., a file, or hub (model.weights)"),
-        data: Optional[str] = typer.Option(None, help="a built-in data set name or an image folder"),
+        data: Optional[str] = typer.Option(None, help="a built-in data set name, an image folder, or a text "
+                                                      "file (.csv, .tsv, .jsonl, .json, .parquet)"),
+        text_column: List[str] = typer.Option([], "--text-column", help="text file: the text column; repeat "
+                                                                        "to join several (data.text_column)"),
+        label_column: Optional[str] = typer.Option(None, "--label-column", help="text file: data.label_column"),
         strategy: Optional[str] = typer.Option(None, help="linear-probe, full, ... (strategy.name)"),
         epochs: Optional[int] = typer.Option(None, help="train.epochs"),
         out: Optional[str] = typer.Option(None, help="run folder"),
@@ -63,6 +68,10 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
     if data is not None:
         is_name = data in list_datasets() and not Path(data).exists()
         overrides += [f"data.dataset={data}", "data.path=null"] if is_name else [f"data.path={data}", "data.dataset=null"]
+    if text_column:  # JSON is valid YAML: column names with spaces or commas survive the override parser
+        overrides.append(f"data.text_column={json.dumps(text_column[0] if len(text_column) == 1 else text_column)}")
+    if label_column is not None:
+        overrides.append(f"data.label_column={json.dumps(label_column)}")
     cfg = load_config(config, overrides)
     result = fit_from_config(cfg, resume=resume is not None)
     typer.echo(f"best epoch {result.best_epoch}: " + format_metrics(result.best_metrics))
@@ -74,17 +83,29 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
 @app.command()
 @guarded
 def evaluate(run: Path = typer.Argument(..., help="run folder or bundle"),
-             data: str = typer.Option(..., help="a built-in data set name or an image folder of labelled images"),
+             data: str = typer.Option(..., help="a built-in data set name, an image folder of labelled images, "
+                                                "or a labelled text file"),
              split: str = typer.Option("test", help="split of a built-in data set: train, val or test"),
+             text_column: List[str] = typer.Option([], "--text-column", help="text file: text column(s); "
+                                                                             "default: the ones trained on"),
+             label_column: Optional[str] = typer.Option(None, "--label-column", help="text file: label column"),
              ) -> None:
     """Metrics of a trained model on labelled data."""
-    from .data import image_folder, list_datasets
+    from .data import image_folder, is_text_file, list_datasets, text_file
     from .data import datasets as builtin
     from .inference import load
 
     predictor = load(run)
     if data in list_datasets():
         splits = builtin.load(data)
+    elif is_text_file(data):  # all of it evaluated, read from the columns the model was trained on
+        cols = predictor.columns or {}
+        splits = text_file(data, list(text_column) or cols.get("text_columns") or "text",
+                           label_column or cols.get("label_column") or "label",
+                           text_pair=bool(cols.get("text_pair")) and not text_column,
+                           multi_label=predictor.model.task == "multilabel",
+                           label_delimiter=cols.get("label_delimiter"), val_fraction=0.0)
+        split = "train"
     else:  # a folder of class sub-folders, all of it evaluated
         pre = predictor.model.spec.preprocessing
         splits = image_folder(data, val=None, val_fraction=0.0, stored_size=int(max(pre.image_size) / pre.crop_pct) + 1)
@@ -95,35 +116,102 @@ def evaluate(run: Path = typer.Argument(..., help="run folder or bundle"),
 @app.command()
 @guarded
 def predict(run: Path = typer.Argument(..., help="run folder or bundle"),
-            inputs: List[Path] = typer.Argument(..., help="image files or folders"),
-            out: Optional[Path] = typer.Option(None, help="write a CSV (path,label,probability) here"),
+            inputs: List[Path] = typer.Argument(..., help="image files or folders; for a text model, text files "
+                                                          "(.csv, .tsv, .jsonl, .json, .parquet)"),
+            out: Optional[Path] = typer.Option(None, help="write a CSV (path,label,probability[,row,text]) here"),
+            text_column: List[str] = typer.Option([], "--text-column", help="text files: text column(s); "
+                                                                            "default: the ones trained on"),
             ) -> None:
-    """Predict labels for images."""
+    """Predict labels for images or texts."""
     from .inference import load
 
     predictor = load(run)
-    paths: list[str] = []
-    for item in inputs:
-        paths += predictor.image_paths(item)
-    rows = [(p, label, f"{prob:.4f}") for p, (label, prob) in zip(paths, predictor.predict(paths))]
+    if predictor.model.spec.modality == "text":
+        header, rows = text_prediction_rows(predictor, inputs, list(text_column) or None)
+    else:
+        paths: list[str] = []
+        for item in inputs:
+            paths += predictor.image_paths(item)
+        header = ("path", "label", "probability")
+        rows = [(p, label, f"{prob:.4f}") for p, (label, prob) in zip(paths, predictor.predict(paths))]
     if out:
         with open(out, "w", newline="") as fh:
-            csv.writer(fh).writerows([("path", "label", "probability"), *rows])
+            csv.writer(fh).writerows([header, *rows])
         typer.echo(f"wrote {len(rows)} predictions to {out}")
     else:
         for row in rows:
+            if header[-1] == "text":  # long texts shortened on screen; the CSV keeps them whole
+                text = " ".join(row[-1].split())
+                row = (*row[:-1], text if len(text) <= 80 else text[:77] + "...")
             typer.echo("\t".join(row))
+
+
+def text_prediction_rows(predictor, files: List[Path], text_column: Optional[List[str]]):
+    """(header, rows) of predictions for every text of every file; multi-label joins labels with ';'."""
+    header = ("path", "label", "probability", "row", "text")
+    rows = []
+    for path in files:
+        texts = predictor.read_texts(path, text_column)
+        for i, (text, pred) in enumerate(zip(texts, predictor.predict(texts))):
+            pairs = pred if isinstance(pred, list) else [pred]
+            shown = " | ".join(text) if isinstance(text, tuple) else text
+            rows.append((str(path), ";".join(lab for lab, _ in pairs), ";".join(f"{p:.4f}" for _, p in pairs),
+                         str(i), shown))
+    return header, rows
 
 
 @app.command()
 @guarded
-def demo(out: str = typer.Option("runs/demo", help="run folder (a new one if it exists)"),
-         subset: int = typer.Option(200, help="training images per class"),
-         epochs: int = typer.Option(3)) -> None:
-    """EfficientNet-Lite0 (ImageNet weights) fine-tuned on Fashion-MNIST: the whole workflow in minutes."""
-    from .demo import run_demo
+def demo(kind: str = typer.Argument("image", help="image (EfficientNet-Lite0 on Fashion-MNIST) or text "
+                                                   "(MiniLM on BBC News)"),
+         out: Optional[str] = typer.Option(None, help="run folder (a new one if it exists); default runs/demo "
+                                                      "or runs/demo-text"),
+         subset: Optional[int] = typer.Option(None, help="training examples per class (image default 200, "
+                                                         "text default all)"),
+         epochs: Optional[int] = typer.Option(None, help="image default 3, text default 2")) -> None:
+    """A pretrained backbone fine-tuned on real data, the whole workflow in minutes: `headstart demo` is
+    EfficientNet-Lite0 (ImageNet weights) on Fashion-MNIST, `headstart demo text` MiniLM on BBC News."""
+    from .demo import run_demo, run_text_demo
 
-    run_demo(out, subset=subset, epochs=epochs)
+    if kind == "image":
+        run_demo(out or "runs/demo", subset=subset or 200, epochs=epochs or 3)
+    elif kind == "text":
+        run_text_demo(out or "runs/demo-text", subset=subset, epochs=epochs or 2)
+    else:
+        fail(f"unknown demo {kind!r}; choose image (the default) or text")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@guarded
+def rank(ctx: typer.Context,
+         backbones: List[str] = typer.Option([], "--backbones", "-b", help="NAME or NAME@WEIGHTS, several after "
+                                             "one flag: --backbones timm:tf_efficientnet_lite0@package:"
+                                             "efficientnet-lite0 timm:tf_efficientnet_lite0"),
+         data: str = typer.Option(..., help="a built-in data set name, an image folder, or a text file"),
+         score: List[str] = typer.Option(["logme"], "--score", help="logme, h_score, linear_probe, leep or nce; "
+                                                                    "repeat for more columns (the first ranks)"),
+         confirm: int = typer.Option(0, help="fine-tune the top k briefly and recommend by val accuracy"),
+         image_size: Optional[int] = typer.Option(None, "--image-size", help="input size of image backbones"),
+         subset: Optional[int] = typer.Option(None, help="at most this many training examples per class"),
+         proxy_strategy: str = typer.Option("lp-ft", "--proxy-strategy", help="strategy of the --confirm runs"),
+         proxy_epochs: int = typer.Option(2, "--proxy-epochs", help="epochs of each --confirm run"),
+         text_column: List[str] = typer.Option([], "--text-column", help="text file: the text column(s)"),
+         label_column: str = typer.Option("label", "--label-column", help="text file: the label column"),
+         out: Optional[str] = typer.Option(None, help="write rank.json, rank.md and the proxy runs here"),
+         seed: int = typer.Option(0, help="data subset, random-init weights and proxy runs"),
+         ) -> None:
+    """Rank backbones for a data set by a transferability score (one feature pass each), optionally confirm."""
+    from .rank import load_data, rank as rank_backbones
+
+    unknown = [a for a in ctx.args if a.startswith("-")]
+    if unknown:
+        fail(f"no such option {unknown[0]!r} for rank; see `headstart rank --help`")
+    names = list(backbones) + list(ctx.args)  # --backbones A B C: click hands B and C over as extra arguments
+    splits = load_data(data, subset=subset, image_size=image_size, seed=seed,
+                       text_column=list(text_column) or "text", label_column=label_column)
+    result = rank_backbones(names, splits, list(score), confirm, image_size=image_size, seed=seed, out=out,
+                            proxy_strategy=proxy_strategy, proxy_epochs=proxy_epochs, progress=True)
+    typer.echo(result.to_markdown())
 
 
 @app.command(name="list")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .atomic import atomic_write_text
 from .errors import ConfigError
@@ -53,21 +53,49 @@ class ModelConfig(BaseModel):
     head_hidden: int = Field(512, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     image_size: int | None = Field(None, ge=16)  # overrides the weights' input size
+    max_length: int | None = Field(None, ge=2)  # text backbones: tokens kept per text (default: the model's limit)
+    pooling: Literal["cls", "mean", "max", "pooler"] | None = None  # text backbones (default: the model's own)
 
 
 class DataConfig(BaseModel):
-    """Where the images come from and how they are split and sampled."""
+    """Where the data come from and how they are split and sampled."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
     dataset: str | None = None  # a built-in data set name, e.g. "fashion-mnist"
-    path: str | None = None  # an image folder (one sub-folder per class)
+    path: str | None = None  # an image folder (one sub-folder per class), or a .csv/.tsv/.jsonl/.json/.parquet file
     val_path: str | None = None
     test_path: str | None = None
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     subset: int | None = Field(None, ge=1)  # max training images per class
     test_subset: int | None = Field(None, ge=1)
     augment: bool = True
+    # Text files (data.path = news.csv): which columns hold the text(s) and the label.
+    text_column: str | list[str] = "text"  # several columns are joined with a newline, or form a pair (text_pair)
+    text_pair: bool = False  # exactly two text columns: a sentence pair (e.g. question, passage)
+    label_column: str = Field("label", min_length=1)
+    multi_label: bool = False  # labels are lists (JSONL/Parquet lists, JSON list strings, or label_delimiter)
+    label_delimiter: str | None = Field(None, min_length=1)  # e.g. ";" for "sport;politics"; implies multi_label
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # text files without test_path: stratified test hold-out
+
+    @field_validator("text_column")
+    @classmethod
+    def _text_columns(cls, value: str | list[str]) -> str | list[str]:
+        names = [value] if isinstance(value, str) else value
+        if not names or any(not n for n in names) or len(set(names)) != len(names):
+            raise ValueError("give a column name or a list of distinct, non-empty column names, e.g. [title, body]")
+        return value
+
+    @model_validator(mode="after")
+    def _pair_needs_two_columns(self) -> "DataConfig":
+        if self.text_pair and (isinstance(self.text_column, str) or len(self.text_column) != 2):
+            raise ValueError(f"text_pair=true needs exactly two text columns (first and second text), got "
+                             f"text_column={self.text_column!r}; e.g. --set data.text_column=[question,passage]")
+        return self
+
+    @property
+    def is_multi_label(self) -> bool:
+        return self.multi_label or self.label_delimiter is not None
 
     def require_source(self) -> "DataConfig":
         """Check that exactly one of ``dataset`` / ``path`` is set; return self.
@@ -91,12 +119,64 @@ class DataConfig(BaseModel):
 
 
 class StrategyConfig(BaseModel):
-    """How the pretrained network is adapted (names are checked against the strategy registry)."""
+    """How the pretrained network is adapted (names are checked against the strategy registry).
+
+    Options left at None take the strategy's default; an option the named strategy does not take is an
+    error (``headstart list strategies`` shows them all).
+    """
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
     name: str = Field("full", min_length=1)
     bn: Literal["auto", "frozen", "train"] = "auto"
+    # partial: freeze spec of the backbone layers that train, or of those that stay frozen
+    # ("last:2", "first:1", "from:<group>", or name patterns such as "blocks.1*", comma-separated)
+    trainable: str | None = None
+    freeze: str | None = None
+    unfreeze_every: int | None = Field(None, ge=1)  # gradual: epochs between unfreezing steps
+    lp_epochs: int | None = Field(None, ge=1)  # lp-ft: epochs of linear probing before fine-tuning
+    ft_lr_scale: float | None = Field(None, gt=0.0, le=1.0)  # lp-ft: fine-tuning lr = lr * ft_lr_scale
+    layer_decay: float | None = Field(None, gt=0.0, le=1.0)  # layer-decay: lr * layer_decay ** depth
+    group_lrs: list[float] | None = None  # discriminative: one lr per layer group (input to output) [+ head]
+    lora_r: int | None = Field(None, ge=1)
+    lora_alpha: float | None = Field(None, gt=0.0)
+    lora_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    peft_targets: list[str] | None = None  # lora, ia3: layer name patterns; None = found automatically
+    l2sp_alpha: float | None = Field(None, ge=0.0)  # any strategy: L2-SP pull to the pretrained weights
+    l2sp_beta: float | None = Field(None, ge=0.0)  # ... and L2 on the head
+    bss_eta: float | None = Field(None, ge=0.0)  # any strategy: batch spectral shrinkage strength
+    bss_k: int | None = Field(None, ge=1)  # ... number of smallest singular values shrunk
+
+    @field_validator("trainable", "freeze")
+    @classmethod
+    def _spec_syntax(cls, value: str | None) -> str | None:
+        if value is not None:
+            from .strategies.select import parse_spec
+
+            parse_spec(value)
+        return value
+
+    @field_validator("group_lrs")
+    @classmethod
+    def _positive_lrs(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (not value or any(not x > 0 for x in value)):
+            raise ValueError("give one learning rate > 0 per layer group, input to output, e.g. [1e-5, 1e-4]")
+        return value
+
+    def options(self) -> dict[str, Any]:
+        """The strategy options that are set (everything but name and bn), as plain keyword arguments."""
+        return {k: v for k, v in self.model_dump().items() if k not in ("name", "bn") and v is not None}
+
+    def check_options(self) -> "StrategyConfig":
+        """Check that the named strategy takes the options set; return self (ConfigError otherwise)."""
+        from .strategies import STRATEGIES, strategy_options
+
+        if self.name in STRATEGIES:
+            unknown = sorted(set(self.options()) - set(strategy_options(self.name)))
+            if unknown:
+                raise ConfigError(f"strategy {self.name!r} does not take {', '.join('strategy.' + k for k in unknown)}"
+                                  f"; its options are {', '.join(strategy_options(self.name))}.")
+        return self
 
 
 class EarlyStoppingConfig(BaseModel):
@@ -127,7 +207,7 @@ class TrainConfig(BaseModel):
     clip_grad_norm: float | None = Field(None, gt=0.0)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
-    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    loss: Literal["cross_entropy", "bce", "mse"] = "cross_entropy"  # bce: multi-label (the default there)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     class_weights: Literal["none", "balanced"] = "none"
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
@@ -437,9 +517,11 @@ def _validate(data: dict, source: str | None = None) -> RunConfig:
     data = _normalise_sections(data, RunConfig)
     _raise_unknown_keys(data, source)
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_validation_message(err, source)) from None
+    config.strategy.check_options()  # needs the strategy registry, so after the schema checks
+    return config
 
 
 # --------------------------------------------------------------------------- public API

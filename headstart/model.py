@@ -6,12 +6,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .backbones import BackboneSpec, ImagePreprocessing, create_backbone
+from .backbones import BackboneSpec, ImagePreprocessing, create_backbone, split_name
 from .backbones.custom import wrap_module
 from .errors import HeadstartError
 from .heads import build_head
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "multilabel", "regression")  # multilabel: independent sigmoid per class (BCE)
 
 
 class TransferModel(nn.Module):
@@ -36,6 +36,9 @@ class TransferModel(nn.Module):
         self.labels: list[str] = list(labels or [])
         self.head: nn.Module | None = None
         self.keep_eval: tuple[str, ...] = ()
+        # PEFT adapters on the backbone, as {"method": "lora", "r": ..., "targets": [...]}; set by a PEFT
+        # strategy (strategies/peft.py) and saved in bundles so they can be rebuilt.
+        self.adapters: dict[str, Any] | None = None
         if num_outputs is None and self.labels:
             num_outputs = len(self.labels)
         if num_outputs is not None:
@@ -54,7 +57,7 @@ class TransferModel(nn.Module):
         args = self.head_args
         self.head = build_head(args["kind"], self.spec.num_features, num_outputs, args["dropout"], args["hidden"])
         self.head_args = {**args, "num_outputs": num_outputs}
-        if self.task == "classification":
+        if self.task in ("classification", "multilabel"):
             self.labels = list(labels) if labels is not None else [str(i) for i in range(num_outputs)]
 
     def backbone_trainable(self) -> bool:
@@ -90,15 +93,19 @@ class TransferModel(nn.Module):
 def create_model(backbone: str | nn.Module, num_classes: int | None = None, *, weights: str | None = None,
                  labels: list[str] | None = None, head: str = "linear", hidden: int = 512, dropout: float = 0.0,
                  task: str = "classification", image_size: int | None = None,
-                 preprocessing: ImagePreprocessing | None = None) -> TransferModel:
+                 preprocessing: ImagePreprocessing | None = None, max_length: int | None = None,
+                 pooling: str | None = None) -> TransferModel:
     """A pretrained backbone with a new head.
 
     Args:
         backbone: a registered name (``timm:resnet50``, ``torchvision:vgg16``, ``toy:cnn``) or any nn.Module.
         num_classes: outputs of the head; may be left out and set from the data by `fit`.
         weights: ``package:efficientnet-lite0``, a local ``.safetensors``/``.pth`` file, ``hub``, or None.
-        task: ``classification`` (cross-entropy) or ``regression`` (num_classes = number of targets).
+        task: ``classification`` (cross-entropy), ``multilabel`` (a sigmoid per class, binary cross-entropy)
+            or ``regression`` (num_classes = number of targets).
         image_size: override the weights' input size (e.g. smaller for small images, faster on CPU).
+        max_length, pooling: for text backbones (``hf:...``): tokens kept per text, and ``cls``, ``mean``,
+            ``max`` or ``pooler``.
 
     Example:
         model = hs.create_model("timm:tf_efficientnet_lite0", 10, weights="package:efficientnet-lite0")
@@ -106,9 +113,16 @@ def create_model(backbone: str | nn.Module, num_classes: int | None = None, *, w
     if isinstance(backbone, nn.Module):
         module, spec = wrap_module(backbone, preprocessing)
     else:
-        module, spec = create_backbone(backbone, weights=weights)
+        text_options = {k: v for k, v in (("max_length", max_length), ("pooling", pooling)) if v is not None}
+        if text_options and split_name(backbone)[0] != "hf":
+            raise HeadstartError(f"{', '.join(text_options)} apply to text backbones (hf:<folder or hub id>); "
+                                 f"{backbone!r} is not one. Leave them out.")
+        module, spec = create_backbone(backbone, weights=weights, **text_options)
         if preprocessing is not None:
             spec.preprocessing = preprocessing
+    if image_size is not None and spec.modality != "image":
+        raise HeadstartError(f"image_size applies to image backbones; {spec.source} takes {spec.modality}. For "
+                             "text, max_length sets how many tokens each text keeps.")
     if image_size is not None and spec.preprocessing is not None:
         spec.preprocessing = spec.preprocessing.with_size(image_size)
     return TransferModel(module, spec, head, num_classes, labels, task, dropout, hidden)

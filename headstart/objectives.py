@@ -46,6 +46,37 @@ class MeanSquaredError:
         return {"loss": self.loss(out, y), "outputs": out}
 
 
+@OBJECTIVES.register("bce")
+class BinaryCrossEntropy:
+    """Multi-label: an independent sigmoid per class, binary cross-entropy against (N, K) multi-hot targets.
+
+    loss = mean over samples and classes of -[w_k y log s(z) + (1 - y) log(1 - s(z))], with s the sigmoid and
+    w_k an optional positive weight per class (`pos_weight`, e.g. negatives / positives of class k).
+    """
+
+    def __init__(self, pos_weight: torch.Tensor | None = None):
+        self.pos_weight = pos_weight
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # fp32 like cross-entropy: the log-sigmoid of bf16 logits is too coarse near 0 and 1.
+        weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
+        return F.binary_cross_entropy_with_logits(logits.float(), y.float(), pos_weight=weight)
+
+    def __call__(self, model, x, y: torch.Tensor) -> dict:
+        logits = model(x)
+        return {"loss": self.loss(logits, y), "outputs": logits}
+
+
+def balanced_pos_weights(targets: torch.Tensor) -> torch.Tensor:
+    """negatives / positives per class for (N, K) multi-hot targets: each class's positives weigh as its negatives."""
+    positives = targets.float().sum(0)
+    if (positives == 0).any():
+        missing = (positives == 0).nonzero().flatten().tolist()
+        raise ConfigError(f"class_weights='balanced' needs every class in the training data; classes "
+                          f"{missing} have no positive samples. Use class_weights='none' or add samples.")
+    return (targets.shape[0] - positives) / positives
+
+
 def balanced_class_weights(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """n / (k * n_c): each class contributes equally to the loss (scikit-learn's 'balanced')."""
     counts = torch.bincount(targets, minlength=num_classes).float()

