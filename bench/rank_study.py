@@ -171,9 +171,10 @@ def study(dataset: str, pool: dict[str, str], s: dict, tmp: Path) -> dict:
 def table(record: dict) -> str:
     s, results, quick = record["settings"], record["datasets"], record["quick"]
     lines = [f"# Transferability ranking study{' (quick mode: toy sizes, not results)' if quick else ''}", "",
-             f"{len(s['pool'])} backbones x {len(results)} data sets, {s['image_size']} px; ground truth: full "
-             f"fine-tuning for {s['epochs']} epochs on {s['train']} images per class, test accuracy at the best val "
-             f"epoch ({s['test']} test images per class at most). See bench/rank_study.py for the pool and data.", "",
+             (f"{len(s['pool'])} backbones x {len(results)} data sets, {s['image_size']} px; ground truth: full "
+              f"fine-tuning for {s['epochs']} epochs on {s['train']} images per class, test accuracy at the best val "
+              f"epoch ({s['test']} test images per class at most). See bench/rank_study.py for the pool and data."),
+             "",
              "## Kendall tau between each score and fine-tuned accuracy", "",
              "| score | " + " | ".join(r["dataset"] for r in results) + " | mean |",
              "|---|" + "---:|" * (len(results) + 1)]
@@ -199,8 +200,8 @@ def table(record: dict) -> str:
         for row in sorted(r["rows"], key=lambda x: -x["finetune_accuracy"]):
             lines.append(f"| {row['backbone']} | " + " | ".join(f"{row['scores'][k]:.4g}" for k in SCORES)
                          + f" | {row['finetune_accuracy']:.4f} | {row['finetune_seconds']:.1f} |")
-    lines += ["", f"LogME mean tau >= 0.6 (the issue's bar): **{record['logme_mean_tau_at_least_0.6']}**. "
-              f"Total wall time {record['seconds'] / 60:.1f} min."]
+    lines += ["", (f"LogME mean tau >= 0.6 (the issue's bar): **{record['logme_mean_tau_at_least_0.6']}**. "
+                   f"Total wall time {record['seconds'] / 60:.1f} min.")]
     return "\n".join(lines) + "\n"
 
 

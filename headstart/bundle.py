@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch.nn as nn
 
@@ -26,6 +26,14 @@ TEXT_DIR = "text"  # text models: the encoder's config.json and the tokenizer fi
 
 def save_bundle(model: TransferModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write `model` as a bundle folder (each file atomically)."""
+    return bundle_writer(model, path, extra)()
+
+
+def bundle_writer(model: TransferModel, path: str | Path, extra: dict[str, Any] | None = None) -> Callable[[], Path]:
+    """Snapshot `model` now (weights copied) and return a function that writes the bundle.
+
+    The snapshot lets a background thread write while training changes the live weights.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -34,17 +42,24 @@ def save_bundle(model: TransferModel, path: str | Path, extra: dict[str, Any] | 
         from .strategies.peft import bundle_contents
 
         state, adapters, model = bundle_contents(model)
-    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    atomic_write(path / WEIGHTS, lambda tmp: save_file(state, tmp))
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
     meta = {"format": FORMAT, "version": VERSION, **model.describe(), **({"adapters": adapters} if adapters else {}),
             **(extra or {})}
-    if isinstance(model.spec.preprocessing, TextPreprocessing):
-        from .backbones.hf_source import save_text_assets
-
-        save_text_assets(model.backbone, model.spec.preprocessing, path / TEXT_DIR)
+    text = isinstance(model.spec.preprocessing, TextPreprocessing)
+    if text:
         meta["backbone"]["preprocessing"]["tokenizer"] = TEXT_DIR  # relative: the bundle folder can move
-    atomic_write_text(path / META, json.dumps(meta, indent=2))
-    return path
+    backbone, preprocessing = model.backbone, model.spec.preprocessing
+
+    def write() -> Path:
+        atomic_write(path / WEIGHTS, lambda tmp: save_file(state, tmp))
+        if text:
+            from .backbones.hf_source import save_text_assets
+
+            save_text_assets(backbone, preprocessing, path / TEXT_DIR)
+        atomic_write_text(path / META, json.dumps(meta, indent=2))
+        return path
+
+    return write
 
 
 def bundle_dir(path: str | Path) -> Path:

@@ -16,7 +16,9 @@ def _backbones(pattern: str) -> list[str]:
 def _registry(getter: Callable) -> Callable[[str], list[str]]:
     def lister(pattern: str) -> list[str]:
         reg = getter()
-        return [f"{n:<16} {reg.help(n)}" for n in reg.list(pattern)]
+        names = reg.list(pattern)
+        width = max((len(n) for n in names), default=0) + 2
+        return [f"{n:<{width}}{reg.help(n)}" for n in names]
 
     return lister
 
@@ -51,6 +53,12 @@ def _weights():
     return WEIGHT_PACKAGES
 
 
+def _scores():
+    from .transferability import SCORES
+
+    return SCORES
+
+
 class _Catalog(dict):
     def get(self, what: str):  # type: ignore[override]
         from .registry import unknown_name
@@ -61,4 +69,5 @@ class _Catalog(dict):
 
 
 CATALOG = _Catalog(backbones=_backbones, strategies=_registry(_strategies), datasets=_registry(_datasets),
-                   heads=_registry(_heads), metrics=_registry(_metrics), weights=_registry(_weights))
+                   heads=_registry(_heads), metrics=_registry(_metrics), weights=_registry(_weights),
+                   scores=_registry(_scores))

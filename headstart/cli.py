@@ -47,6 +47,7 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         label_column: Optional[str] = typer.Option(None, "--label-column", help="text file: data.label_column"),
         strategy: Optional[str] = typer.Option(None, help="linear-probe, full, ... (strategy.name)"),
         epochs: Optional[int] = typer.Option(None, help="train.epochs"),
+        budget: Optional[str] = typer.Option(None, help="time budget for --strategy auto, e.g. 10m (strategy.budget)"),
         out: Optional[str] = typer.Option(None, help="run folder"),
         resume: Optional[Path] = typer.Option(None, help="continue the run in this folder from its last checkpoint"),
         ) -> None:
@@ -62,7 +63,7 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         config = config or saved
     overrides = list(set_)
     for key, value in (("model.backbone", backbone), ("model.weights", weights), ("strategy.name", strategy),
-                       ("train.epochs", epochs), ("out", out or (str(resume) if resume else None))):
+                       ("train.epochs", epochs), ("strategy.budget", budget), ("out", out or (str(resume) if resume else None))):
         if value is not None:
             overrides.append(f"{key}={value}")
     if data is not None:

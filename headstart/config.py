@@ -146,6 +146,7 @@ class StrategyConfig(BaseModel):
     l2sp_beta: float | None = Field(None, ge=0.0)  # ... and L2 on the head
     bss_eta: float | None = Field(None, ge=0.0)  # any strategy: batch spectral shrinkage strength
     bss_k: int | None = Field(None, ge=1)  # ... number of smallest singular values shrunk
+    budget: str | None = None  # auto: time budget such as 90s, 10m, 1.5h (None = no limit)
 
     @field_validator("trainable", "freeze")
     @classmethod
@@ -171,6 +172,14 @@ class StrategyConfig(BaseModel):
         """Check that the named strategy takes the options set; return self (ConfigError otherwise)."""
         from .strategies import STRATEGIES, strategy_options
 
+        if self.name == "auto":  # auto picks a strategy and its options itself; it takes only a budget
+            unknown = sorted(set(self.options()) - {"budget"})
+            if unknown:
+                raise ConfigError(f"strategy 'auto' chooses its own options; remove "
+                                  f"{', '.join('strategy.' + k for k in unknown)} or name a strategy.")
+            return self
+        if self.budget is not None:
+            raise ConfigError("strategy.budget is for strategy 'auto'; remove it or set strategy.name=auto")
         if self.name in STRATEGIES:
             unknown = sorted(set(self.options()) - set(strategy_options(self.name)))
             if unknown:

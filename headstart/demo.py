@@ -75,7 +75,9 @@ def save_text_samples(texts: list[str], path: Path, count: int = 8) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        csv.writer(fh).writerows([("text",), *((t,) for t in texts[:count])])
+        # Spread over the test set (it is ordered by topic), so the samples cover every topic.
+        picks = [texts[i * len(texts) // count] for i in range(min(count, len(texts)))]
+        csv.writer(fh).writerows([("text",), *((t,) for t in picks)])
     return path
 
 
@@ -91,7 +93,8 @@ def run_text_demo(out: str = "runs/demo-text", subset: int | None = None, epochs
                            "train": {**TEXT_DEMO["train"], "epochs": epochs}, "out": str(run_dir)})
     amount = f"{subset} training articles per topic" if subset else "all training articles"
     print(f"headstart demo text: {cfg.model.backbone} ({cfg.model.weights}), strategy {cfg.strategy.name}, on "
-          f"BBC News ({amount}, 5 topics), {epochs} epochs, {cfg.model.max_length} tokens per article")
+          f"BBC News ({amount}, 5 topics), {epochs} epoch{'s' if epochs != 1 else ''}, "
+          f"{cfg.model.max_length} tokens per article")
     model = model_from_config(cfg)
     data = data_from_config(cfg, model)
     result = fit(model, data, cfg.strategy.name, out=cfg.out, bn=cfg.strategy.bn, augment=cfg.data.augment,

@@ -20,9 +20,10 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,8 +94,8 @@ class RankResult:
             head.append("proxy val acc")
             align.append("---:")
         n = len(self.rows)
-        lines = [f"Ranking {n} backbone{'s' if n != 1 else ''} on {d.get('name') or 'the data'} "
-                 f"({d.get('train_samples')} training samples, {d.get('classes')} classes) by {self.score}.", "",
+        lines = [(f"Ranking {n} backbone{'s' if n != 1 else ''} on {d.get('name') or 'the data'} "
+                  f"({d.get('train_samples')} training samples, {d.get('classes')} classes) by {self.score}."), "",
                  "| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
         for r in self.rows:
             cells = [str(r.rank), f"`{r.backbone}`", *[f"{r.scores[s]:.4g}" for s in self.scores],
@@ -198,7 +199,6 @@ def rank(backbones: Sequence[str], data: DataSplits, score: str | Sequence[str] 
     labels = _check_data(data, confirm)
     proxy_root = _check_proxy_setup(out, confirm, proxy_options)
     needs_source = any(n in info.needs for info in infos for n in ("source_probs", "source_labels"))
-    feature_scores = [s for s in SCORES if SCORES.get(s).needs == ("features",)]
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     fingerprint = data.train.fingerprint()
@@ -207,17 +207,7 @@ def rank(backbones: Sequence[str], data: DataSplits, score: str | Sequence[str] 
     for i, entry in enumerate(entries):
         t0 = time.perf_counter()
         model = _build(entry, seed, model_kwargs, rows)
-        head = None
-        if needs_source:
-            head = source_classifier(parse_backbone(entry)[1], model.spec.num_features)
-            if head is None:
-                raise DataError(
-                    f"{' and '.join(s for s, f in zip(score_names, infos) if f.needs != ('features',))} read(s) "
-                    f"the source model's predictions, but backbone {entry!r} has no source classifier headstart "
-                    f"can use: its weights ({parse_backbone(entry)[1] or 'random init'}) do not keep one that reads "
-                    f"the pooled features. Package weights (e.g. package:efficientnet-lite0) and weight files with "
-                    f"a single classifier/fc/head layer do. Otherwise use a feature-based score: "
-                    f"{', '.join(feature_scores)}.")
+        head = _source_head(entry, model, score_names) if needs_source else None
         bf16 = resolve_precision(precision, model, device, training=False)
         channels_last = resolve_channels_last("auto", model)
         model.to(device)
@@ -355,6 +345,21 @@ def _build(entry: str, seed: int, model_kwargs: dict[str, Any], done: list[RankR
         note = (f" The features of the {len(done)} backbone(s) ranked before it are cached: a rerun reads them."
                 if done else "")
         raise HeadstartError(f"backbone {entry!r} could not be built: {e}{note}") from e
+
+
+def _source_head(entry: str, model: TransferModel, score_names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The source classifier for LEEP / NCE, or an error that names the scores that work without one."""
+    weights = parse_backbone(entry)[1]
+    head = source_classifier(weights, model.spec.num_features)
+    if head is None:
+        needing = [s for s in score_names if SCORES.get(s).needs != ("features",)]
+        usable = [s for s in SCORES if SCORES.get(s).needs == ("features",)]
+        raise DataError(f"{' and '.join(needing)} read(s) the source model's predictions, but backbone {entry!r} "
+                        f"has no source classifier headstart can use: its weights ({weights or 'random init'}) do "
+                        f"not keep one that reads the pooled features. Package weights (e.g. "
+                        f"package:efficientnet-lite0) and weight files with a single classifier/fc/head layer do. "
+                        f"Otherwise use a feature-based score: {', '.join(usable)}.")
+    return head
 
 
 def _run_proxies(rows: list[RankRow], data: DataSplits, root: Path | None, strategy: str, epochs: int,

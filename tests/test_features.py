@@ -108,7 +108,7 @@ def test_stage_chain_reproduces_forward_features_and_refuses_non_chains():
 
 def test_suffix_on_cached_prefix_equals_the_full_forward(tiny_data):
     from headstart.backbones.stages import frozen_prefix_length, sequential_stages
-    from headstart.features import SuffixModel, prefix_activations
+    from headstart.run.cached_inputs import SuffixModel, prefix_activations
 
     model = hs.create_model("toy:cnn", 3)
     stages = sequential_stages(model.backbone, torch.randn(2, 3, 32, 32))
@@ -138,7 +138,7 @@ def test_partial_fine_tune_on_cached_prefix_matches_the_uncached_run(tiny_data, 
                      augment=False, precision="fp32", cache=cache, progress=False, out=tmp_path / cache)
         results.append((model.state_dict(), run.history))
     (cached, h_cached), (plain, h_plain) = results
-    assert h_cached[0]["inputs"].startswith("cached activations") and h_plain[0]["inputs"] == "images"
+    assert h_cached[0]["inputs"].startswith("cached activations") and h_plain[0]["inputs"] == "raw inputs"
     for k in plain:
         torch.testing.assert_close(cached[k].float(), plain[k].float(), rtol=1e-4, atol=1e-5)
     assert [h["val/accuracy"] for h in h_cached] == [h["val/accuracy"] for h in h_plain]

@@ -393,6 +393,9 @@ def test_empty_and_non_string_text_cells_are_refused_with_their_rows(tmp_path):
         TextData(["ok", ""], torch.zeros(2, dtype=torch.long), ["a"])
     with pytest.raises(DataError, match=r"positions 1 are not strings \(e.g. NoneType 'None'\)"):
         hs.data.from_texts(["ok", None, "fine"], ["a", "b", "a"])
+    (tmp_path / "latin1.csv").write_bytes("text,label\ncaf\xe9,a\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        hs.data.text_file(tmp_path / "latin1.csv")
     write_csv(tmp_path / "l.csv", [{"text": "fine", "label": "a"}, {"text": "ok", "label": ""}])
     with pytest.raises(DataError, match=r"missing label in rows 2"):
         hs.data.text_file(tmp_path / "l.csv")
@@ -401,7 +404,8 @@ def test_empty_and_non_string_text_cells_are_refused_with_their_rows(tmp_path):
 def test_labels_unseen_in_training_are_an_error_at_evaluation(tiny_bert, tmp_path):
     write_csv(tmp_path / "train.csv", [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}] * 4)
     write_csv(tmp_path / "test.csv", [{"text": "good", "label": "pos"}, {"text": "meh", "label": "neutral"}])
-    with pytest.raises(DataError, match=r"test file test.csv has labels \['neutral'\] that the training data never"):
+    with pytest.raises(DataError, match=r"test file test.csv has labels \['neutral'\] that are not among the "
+                                        r"training labels \['neg', 'pos'\]"):
         hs.data.text_file(tmp_path / "train.csv", test=tmp_path / "test.csv")
     model = text_model(tiny_bert, num_classes=2, labels=["neg", "pos"])
     other = hs.data.from_texts(["good", "meh"], ["pos", "neutral"], val_fraction=0)

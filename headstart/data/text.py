@@ -118,8 +118,6 @@ def _bad_texts(texts: Sequence[Any]) -> tuple[list[int], list[int]]:
 
 
 def _check_text_data(texts: list, targets: Any, classes: Any) -> None:
-    if not texts:
-        raise DataError("TextData needs at least one text, got none.")
     non_str, empty = _bad_texts(texts)
     if non_str:
         i = non_str[0]
@@ -160,7 +158,14 @@ def _check_text_data(texts: list, targets: Any, classes: Any) -> None:
 
 def read_records(path: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
     """(column names, rows as dicts) of a CSV, TSV, JSONL, JSON (a list of objects) or Parquet file."""
-    path = Path(path)
+    try:
+        return _read_records(Path(path))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{str(path)!r} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset "
+                        f"{e.start}); re-save it as UTF-8.") from None
+
+
+def _read_records(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     if not path.is_file():
         raise DataError(f"text data file {str(path)!r} does not exist. Give a .csv, .tsv, .jsonl, .json or "
                         f".parquet file with a text column and a label column.")
@@ -359,9 +364,9 @@ def _targets(labels: list[list[str]], classes: list[str], multi_label: bool, wha
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({lab for labs in labels for lab in labs if lab not in index}, key=_label_key)
     if unknown:
-        raise DataError(f"{what} has labels {unknown[:10]} that the training data never has (training labels: "
-                        f"{classes[:20]}). A model cannot learn a class it never sees: drop those rows, add "
-                        f"training examples of them, or pass classes=[...] listing every class.")
+        raise DataError(f"{what} has labels {unknown[:10]} that are not among the training labels "
+                        f"{classes[:20]}: a model cannot predict a class it never saw in training. Drop those rows "
+                        f"or add training examples of them.")
     if multi_label:
         targets = torch.zeros(len(labels), len(classes), dtype=torch.float32)
         for i, labs in enumerate(labels):

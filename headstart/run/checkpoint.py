@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -15,6 +15,45 @@ CHECKPOINT = "checkpoints/last.pt"
 def save_checkpoint(run_dir: str | Path, state: dict[str, Any]) -> Path:
     """Write the state atomically: a run killed while saving keeps its previous checkpoint."""
     return atomic_write(Path(run_dir) / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+
+def snapshot(obj: Any) -> Any:
+    """A copy of a nested state (dicts, lists, tensors) that later in-place updates cannot touch."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Runs file writes on one background thread so training continues while checkpoints hit the disk.
+
+    Callers hand over snapshots, never live tensors. One write is in flight at a time; `wait()` re-raises
+    a failed write in the training thread, and `close()` waits for the last one.
+    """
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headstart-writer")
+        self._pending: list = []
+
+    def submit(self, write: Callable[[], Any]) -> None:
+        self._pending.append(self._pool.submit(write))
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def load_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:

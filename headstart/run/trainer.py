@@ -11,18 +11,18 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_write_text
-from ..bundle import save_bundle
+from ..bundle import bundle_writer
 from ..config import RunConfig, StrategyConfig, config_to_yaml, validate_config
 from ..data import DataSplits, num_batches
 from ..data.batcher import make_batcher
 from ..errors import ConfigError, DataError
-from ..features import EpochInputs
 from ..metrics import default_metrics
 from ..model import TransferModel
 from ..objectives import OBJECTIVES, balanced_class_weights, balanced_pos_weights
 from ..strategies import get_strategy, trainable_summary
 from ..strategies.regularizers import with_regularizers
-from .checkpoint import load_checkpoint, save_checkpoint
+from .cached_inputs import EpochInputs
+from .checkpoint import BackgroundWriter, load_checkpoint, save_checkpoint, snapshot
 from .loop import evaluate_split, train_epoch
 from .optim import build_optimizer, build_scheduler, regroup
 from .precision import resolve_channels_last, resolve_precision
@@ -65,6 +65,18 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     start_time = time.perf_counter()
     strategy_cfg = validate_config({"strategy": {"name": strategy, "bn": bn, **{
         k: train.pop(k) for k in list(train) if k in StrategyConfig.model_fields and k != "name"}}}).strategy
+    decision = None
+    if strategy_cfg.name == "auto":  # choose a concrete strategy and settings; the user's explicit ones win
+        from ..strategies.auto import choose
+
+        prepare_head(model, data)
+        decision = choose(model, data, strategy_cfg.budget, train.get("epochs"), seed=train.get("seed", 0),
+                          cache_dir=train.get("cache_dir"), run_dir=out if resume else None)
+        strategy = decision.strategy
+        strategy_cfg = validate_config({"strategy": {"name": strategy, "bn": bn, **decision.options}}).strategy
+        train = {**decision.train, **train}
+        if train.get("progress", True):
+            print(decision.explain())
     cfg = validate_config({"train": train}).train
     strat = get_strategy(strategy, bn=bn, **strategy_cfg.options())
     strat.check_schedule(cfg.epochs)
@@ -72,6 +84,10 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     prepare_head(model, data)
     record = make_record(record, model, data, strategy_cfg, augment, cfg, run_dir)
     state = open_run_folder(run_dir, record, resume)
+    if decision is not None:
+        from ..strategies.auto import DECISION_FILE
+
+        atomic_write_text(run_dir / DECISION_FILE, json.dumps(decision.to_dict(), indent=2))
 
     torch.manual_seed(cfg.seed)
     start_epoch = state["epoch"] if state else 0
@@ -124,50 +140,59 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
               f"eval={'bf16' if bf16_eval else 'fp32'}, channels_last={channels_last}\n"
               + trainable_summary(core, optimizer))
 
-    for epoch in range(start_epoch, cfg.epochs):
-        if stopped:
-            break
-        if strat.changes_at(epoch):  # gradual unfreezing, LP-FT: a new trainable set and new optimizer groups
-            strat.apply(core, epoch=epoch)
-            regroup(optimizer, scheduler, strat.param_groups(core, epoch, cfg.lr, cfg.weight_decay, cfg.head_lr))
-            bf16_train = resolve_precision(cfg.precision, core, device, training=core.backbone_trainable())
-            if accelerator.num_processes > 1:  # DDP registers the parameters that need gradients when it wraps
-                model = accelerator.prepare_model(core)
-            if show:
-                print(f"epoch {epoch + 1}: trainable set changed\n" + trainable_summary(core, optimizer))
-        t0 = time.perf_counter()
-        # Frozen parts compute the same thing every epoch: train on their cached outputs where exact.
-        step_model, eval_model, train_batches, val_batches = inputs.for_epoch(core, model, epoch)
-        row: dict[str, Any] = {"epoch": epoch + 1}
-        row.update(train_epoch(step_model, objective, optimizer, scheduler, train_batches, epoch=epoch,
-                               batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                               clip_grad_norm=cfg.clip_grad_norm, bf16=bf16_train,
-                               channels_last=channels_last, seed=cfg.seed, accelerator=accelerator,
-                               progress=progress_bar(show, f"epoch {epoch + 1}/{cfg.epochs}")))
-        row.update(evaluate_split(eval_model, val_batches, metric_names, "val", objective, **eval_kwargs))
-        row["lr"] = optimizer.param_groups[-1]["lr"]
-        row["seconds"] = round(time.perf_counter() - t0, 3)
-        row["inputs"] = inputs.used
-        if monitor not in row:
-            raise ConfigError(f"early_stopping.metric {monitor!r} is not logged; choose one of "
-                              f"{', '.join(k for k in row if '/' in k)}")
-        improved = best is None or (row[monitor] > best if mode == "max" else row[monitor] < best)
-        if improved:
-            best, best_epoch, bad_epochs = row[monitor], epoch + 1, 0
+    # Checkpoints and the best bundle are written from snapshots on a background thread: training goes on
+    # while they reach the disk, and every write is atomic, so a run killed mid-write resumes from the last one.
+    writer = BackgroundWriter()
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if stopped:
+                break
+            if strat.changes_at(epoch):  # gradual unfreezing, LP-FT: a new trainable set and new optimizer groups
+                strat.apply(core, epoch=epoch)
+                regroup(optimizer, scheduler, strat.param_groups(core, epoch, cfg.lr, cfg.weight_decay, cfg.head_lr))
+                bf16_train = resolve_precision(cfg.precision, core, device, training=core.backbone_trainable())
+                if accelerator.num_processes > 1:  # DDP registers the parameters that need gradients when it wraps
+                    model = accelerator.prepare_model(core)
+                if show:
+                    print(f"epoch {epoch + 1}: trainable set changed\n" + trainable_summary(core, optimizer))
+            t0 = time.perf_counter()
+            # Frozen parts compute the same thing every epoch: train on their cached outputs where exact.
+            step_model, eval_model, train_batches, val_batches = inputs.for_epoch(core, model, epoch)
+            row: dict[str, Any] = {"epoch": epoch + 1}
+            row.update(train_epoch(step_model, objective, optimizer, scheduler, train_batches, epoch=epoch,
+                                   batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                                   clip_grad_norm=cfg.clip_grad_norm, bf16=bf16_train and not inputs.head_only,
+                                   channels_last=channels_last, seed=cfg.seed, accelerator=accelerator,
+                                   progress=progress_bar(show, f"epoch {epoch + 1}/{cfg.epochs}")))
+            row["train_seconds"] = round(time.perf_counter() - t0, 3)
+            row.update(evaluate_split(eval_model, val_batches, metric_names, "val", objective,
+                                      **{**eval_kwargs, "bf16": bf16_eval and not inputs.head_only}))
+            row["lr"] = optimizer.param_groups[-1]["lr"]
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+            row["inputs"] = inputs.used
+            if monitor not in row:
+                raise ConfigError(f"early_stopping.metric {monitor!r} is not logged; choose one of "
+                                  f"{', '.join(k for k in row if '/' in k)}")
+            improved = best is None or (row[monitor] > best if mode == "max" else row[monitor] < best)
+            if improved:
+                best, best_epoch, bad_epochs = row[monitor], epoch + 1, 0
+                if accelerator.is_main_process:
+                    writer.submit(bundle_writer(core, run_dir / "best", {"epoch": epoch + 1, "metrics": row, **data_meta}))
+            else:
+                bad_epochs += 1
+            stopped = cfg.early_stopping.patience is not None and bad_epochs >= cfg.early_stopping.patience
             if accelerator.is_main_process:
-                save_bundle(core, run_dir / "best", extra={"epoch": epoch + 1, "metrics": row, **data_meta})
-        else:
-            bad_epochs += 1
-        stopped = cfg.early_stopping.patience is not None and bad_epochs >= cfg.early_stopping.patience
-        if accelerator.is_main_process:
-            append_metrics(run_dir, row)
-            save_checkpoint(run_dir, {"epoch": epoch + 1, "model": core.state_dict(),
-                                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                      "rng": torch.get_rng_state(), "best": best, "best_epoch": best_epoch,
-                                      "bad_epochs": bad_epochs, "stopped": stopped})
-        if show:
-            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-        accelerator.wait_for_everyone()
+                append_metrics(run_dir, row)
+                state = snapshot({"epoch": epoch + 1, "model": core.state_dict(), "optimizer": optimizer.state_dict(),
+                                  "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "best": best,
+                                  "best_epoch": best_epoch, "bad_epochs": bad_epochs, "stopped": stopped})
+                writer.submit(lambda state=state: save_checkpoint(run_dir, state))
+            if show:
+                print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            accelerator.wait_for_everyone()
+
+    finally:
+        writer.close()
 
     history = read_metrics(run_dir)
     best_row = next((r for r in history if r["epoch"] == best_epoch), {})

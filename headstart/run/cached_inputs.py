@@ -1,0 +1,240 @@
+"""What each epoch trains on: raw inputs, or the cached outputs of the frozen part of the model.
+
+A frozen backbone gives the same features every epoch, and a frozen prefix of a chain backbone the same
+activations: `EpochInputs` trains the head (or the trainable suffix) on them instead, exactly, and drops a
+cache as soon as the part it covers trains.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..features import cached_features
+from .loop import to_device
+from .precision import autocast
+
+
+class FeatureData:
+    """A split whose inputs are precomputed feature rows (N, F); same targets and classes as its source."""
+
+    modality = "features"
+
+    def __init__(self, features: torch.Tensor, source):
+        if features.shape[0] != len(source):
+            raise ValueError(f"{features.shape[0]} feature rows for a split of {len(source)} samples")
+        self.features, self.targets, self.classes = features, source.targets, list(source.classes)
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+
+class FeatureBatcher:
+    """Batches of cached feature rows, in the same order an image batcher would give (same shuffles)."""
+
+    def __init__(self, data: FeatureData, spec=None, train: bool = False, augment: bool = False):
+        self.data = data
+
+    def order(self, batch_size: int, shuffle: bool, seed: int, epoch: int, rank: int = 0,
+              world_size: int = 1) -> list[torch.Tensor]:
+        from ..data.batches import iterate_batches
+
+        return list(iterate_batches(len(self.data), batch_size, shuffle, seed, epoch, rank, world_size))
+
+    def inputs(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.data.features[idx].float()  # bf16-stored activations: compute dtype is autocast's call
+
+
+class HeadOnly(nn.Module):
+    """The model as seen by a step on cached features: features in, head out."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(features)
+
+    def train(self, mode: bool = True) -> "HeadOnly":
+        self.model.train(mode)  # the model's own BN policy decides what really goes to train mode
+        self.training = mode
+        return self
+
+
+def _register() -> None:
+    from ..data.batcher import BATCHERS
+
+    if "features" not in BATCHERS:
+        BATCHERS.register("features")(FeatureBatcher)
+
+
+_register()
+
+
+def cached_feature_batchers(model, train, val, *, augment: bool, views: int, seed: int,
+                            cache_dir: str | Path | None, bf16: bool, channels_last: bool, batch_size: int,
+                            device: torch.device | None = None) -> tuple[list[FeatureBatcher], FeatureBatcher]:
+    """Cached features of the train split (one batcher per view) and of the val split (plain view).
+
+    View 0 is the plain (eval-transform) view; with augmentation and views > 1, view v is the training
+    transform drawn with a generator seeded by (seed, v), so epochs cycle through a few augmented copies at
+    the cost of `views` extraction passes instead of one per epoch.
+    """
+    from ..data import make_batcher
+
+    kwargs = dict(cache_dir=cache_dir, bf16=bf16, channels_last=channels_last, batch_size=batch_size, device=device)
+    fp = train.fingerprint()
+    train_views = []
+    for v in range(views if augment else 1):
+        batcher = make_batcher(train, model.spec, train=v > 0, augment=augment)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + v) if v else None
+        feats, _ = cached_features(model.backbone, model.spec, batcher, fp, view="plain" if v == 0 else
+                                   f"aug-{seed}-{v}", generator=gen, **kwargs)
+        train_views.append(FeatureBatcher(FeatureData(feats, train)))
+    val_feats, _ = cached_features(model.backbone, model.spec, make_batcher(val, model.spec, train=False),
+                                   val.fingerprint(), **kwargs)
+    return train_views, FeatureBatcher(FeatureData(val_feats, val))
+
+
+class SuffixModel(nn.Module):
+    """The model as seen by a step on cached prefix activations: the trainable stages, pooling, head."""
+
+    def __init__(self, model: nn.Module, stages: list[nn.Module]):
+        super().__init__()
+        from ..backbones.stages import StageChain
+
+        self.model = model
+        self.chain = StageChain(stages, finish=True)
+
+    def forward(self, activations: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.chain(activations))
+
+    def train(self, mode: bool = True) -> "SuffixModel":
+        self.model.train(mode)
+        self.training = mode
+        return self
+
+
+@torch.no_grad()
+def prefix_activations(stages: list[nn.Module], batcher, *, bf16: bool, channels_last: bool, batch_size: int,
+                       device: torch.device | None = None) -> torch.Tensor:
+    """Outputs of the frozen leading stages for a whole split (plain view), in data order.
+
+    Stored in bf16 when the run computes in bf16 (half the memory; the values were bf16 anyway).
+    """
+    from ..backbones.stages import StageChain
+
+    device = device or torch.device("cpu")
+    chain = StageChain(stages, finish=False)
+    outs, order = [], []
+    for idx in batcher.order(batch_size, shuffle=False, seed=0, epoch=0):
+        x = to_device(batcher.inputs(idx), device, channels_last)
+        with autocast(device, bf16):
+            y = chain(x)
+        outs.append(y.to(torch.bfloat16 if bf16 else torch.float32).cpu())
+        order.append(idx)
+    out = torch.cat(outs)
+    return out[torch.argsort(torch.cat(order))]
+
+
+def prefix_cache_batchers(model, stages: list[nn.Module], k: int, train, val, *, bf16: bool, channels_last: bool,
+                          batch_size: int, budget_gb: float, device: torch.device | None = None):
+    """Batchers over activations after the first `k` (frozen) stages, or None when they exceed the budget."""
+    from ..data import make_batcher
+
+    probe = prefix_activations(stages[:k], make_batcher(train.subset(torch.arange(1)), model.spec, train=False),
+                               bf16=bf16, channels_last=channels_last, batch_size=1, device=device)
+    needed_gb = probe.element_size() * probe.numel() * (len(train) + len(val)) / 1e9
+    if needed_gb > budget_gb:
+        return None
+    acts = [prefix_activations(stages[:k], make_batcher(part, model.spec, train=False), bf16=bf16,
+                               channels_last=channels_last, batch_size=batch_size, device=device)
+            for part in (train, val)]
+    return FeatureBatcher(FeatureData(acts[0], train)), FeatureBatcher(FeatureData(acts[1], val))
+
+
+class PrefixCache:
+    """Activations at the frozen boundary of a partially trainable chain backbone, reused across epochs.
+
+    Recomputed when the boundary moves (gradual unfreezing) and dropped when nothing leading is frozen.
+    Used only on the plain view, so `cache: auto` enables it only when augmentation is off.
+    """
+
+    def __init__(self, budget_gb: float = 4.0):
+        self.budget_gb = budget_gb
+        self.stages: list[nn.Module] | None = None
+        self.checked = False
+        self.k = 0
+        self.batchers = None
+
+    def plan(self, model, train, val, *, bf16: bool, channels_last: bool, batch_size: int, device=None):
+        """(step model, eval model, train batcher, val batcher) on cached activations, or None."""
+        from ..backbones.stages import frozen_prefix_length, sequential_stages
+        from ..data import make_batcher
+
+        if not self.checked:
+            example = make_batcher(train.subset(torch.arange(min(2, len(train)))), model.spec, train=False)
+            self.stages = sequential_stages(model.backbone, example.inputs(torch.arange(len(example.data))))
+            self.checked = True
+        if self.stages is None:
+            return None
+        model.train()  # the BN policy decides which stages act the same in train mode
+        k = frozen_prefix_length(self.stages)
+        if k == 0:
+            self.batchers, self.k = None, 0
+            return None
+        if k != self.k or self.batchers is None:
+            self.k = k
+            self.batchers = prefix_cache_batchers(model, self.stages, k, train, val, bf16=bf16,
+                                                  channels_last=channels_last, batch_size=batch_size,
+                                                  budget_gb=self.budget_gb, device=device)
+            if self.batchers is None:
+                return None
+        suffix = SuffixModel(model, self.stages[k:])
+        return suffix, suffix, self.batchers[0], self.batchers[1]
+
+
+class EpochInputs:
+    """Per epoch, what the loop trains on: images through the full model, cached backbone features through
+    the head, or cached prefix activations through the trainable suffix. Every choice is exact for frozen
+    parts; caches are dropped as soon as the part they cover trains.
+
+    cache: ``auto`` uses features whenever the whole backbone is frozen (epochs cycle over `views` views under
+    augmentation) and prefix activations when augmentation is off; ``on`` uses both always (plain view);
+    ``off`` never caches. Single-process only for now: under DDP every epoch runs on images.
+    """
+
+    def __init__(self, model, data, image_batches, val_image_batches, *, cache: str, augment: bool, views: int,
+                 seed: int, cache_dir, bf16: bool, channels_last: bool, batch_size: int, device, processes: int,
+                 budget_gb: float = 4.0):
+        self.data, self.images, self.val_images = data, image_batches, val_image_batches
+        self.enabled = cache != "off" and processes == 1
+        self.prefix_enabled = self.enabled and (cache == "on" or not augment)
+        self.augment, self.views, self.seed, self.cache_dir = augment, views, seed, cache_dir
+        self.kwargs = dict(bf16=bf16, channels_last=channels_last, batch_size=batch_size, device=device)
+        self.features = None
+        self.prefix = PrefixCache(budget_gb)
+        self.used = "raw inputs"
+        # Steps on cached features run the head alone, in fp32: bf16 saves nothing on one small matmul and
+        # costs the head precision (the benchmark's cached linear probe lost about a point in bf16).
+        self.head_only = False
+
+    def for_epoch(self, core, model, epoch: int):
+        """(step model, eval model, train batcher, val batcher) for this epoch."""
+        if self.enabled and not core.backbone_trainable():
+            if self.features is None:
+                self.features = cached_feature_batchers(core, self.data.train, self.data.val, augment=self.augment,
+                                                        views=self.views, seed=self.seed, cache_dir=self.cache_dir,
+                                                        **self.kwargs)
+            views, val = self.features
+            self.used, self.head_only = "cached features", True
+            return HeadOnly(core), HeadOnly(core), views[epoch % len(views)], val
+        self.features, self.head_only = None, False  # the backbone trains: earlier features are stale now
+        if self.prefix_enabled:
+            plan = self.prefix.plan(core, self.data.train, self.data.val, **self.kwargs)
+            if plan is not None:
+                self.used = f"cached activations after {self.prefix.k} frozen stages"
+                return plan
+        self.used = "raw inputs"
+        return model, core, self.images, self.val_images

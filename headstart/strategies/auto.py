@@ -1,0 +1,266 @@
+"""`strategy: auto`: choose among linear probe, LP-FT, partial, LoRA and full fine-tuning for the user.
+
+The choice reads the task and the data (samples per class, classes), a measured domain-shift signal (the
+k-fold linear-probe accuracy of the frozen features, from one cached extraction pass that a linear probe
+then reuses), the model's size and cost (FLOPs counted on one sample, turned into seconds with a documented
+throughput), and a time budget. It writes its reasons. Where the budget leaves room, a successive-halving
+race of the two leading candidates on a third of the data confirms the heuristic instead of trusting it.
+
+Why these rules (evidence: the strategy grid in bench/results and the literature):
+- very few samples per class: fine-tuning overfits and its estimate of validation accuracy is noise, while a
+  linear probe is stable (Kumar et al. 2022 report LP ahead of FT in the few-shot regime);
+- features that already separate the task (linear-probe proxy >= 0.97): a linear probe is as good and
+  10-25x cheaper on a CPU;
+- otherwise LP-FT (Kumar et al., ICLR 2022: about +1% in distribution over full fine-tuning, more out of
+  distribution), with L2-SP below 100 samples per class (TLlib: regularisers help most with few labels);
+- a large shift (proxy < 0.6) with plenty of data: full fine-tuning, the linear-probe phase buys little;
+- large transformer encoders (> 80M parameters): LoRA, which keeps memory and checkpoints small (on a CPU it
+  is not faster, so it is not chosen for speed);
+- when fine-tuning does not fit the budget: partial fine-tuning of the last two groups (cached prefix),
+  then a linear probe.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+
+# Effective CPU throughput (GFLOP/s) used to turn FLOPs into seconds: about half the measured bf16 peak of the
+# 2-core machines for inference, a quarter for training steps (ASSETS.md: 22-69% of peak achieved).
+# Fixed numbers keep the decision deterministic for a given model, data, seed and budget.
+INFER_GFLOPS = 300.0
+TRAIN_GFLOPS = 120.0
+DECISION_FILE = "auto.json"
+
+
+def parse_budget(budget: str | float | int | None) -> float | None:
+    """'90s', '10m', '1.5h' or a number of seconds -> seconds."""
+    if budget is None or isinstance(budget, (int, float)):
+        return None if budget is None else float(budget)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", str(budget))
+    if not m:
+        raise ConfigError(f"cannot read the budget {budget!r}; write seconds, minutes or hours like 90s, 10m, 1.5h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+@dataclass
+class Signals:
+    """What the decision reads."""
+
+    n_train: int
+    n_val: int
+    num_classes: int
+    per_class: float  # median training samples per class
+    params_m: float  # backbone parameters, millions
+    infer_gflop: float  # forward FLOPs per sample
+    modality: str
+    probe_accuracy: float | None = None  # k-fold linear-probe accuracy of the frozen features
+
+
+@dataclass
+class Decision:
+    strategy: str
+    options: dict[str, Any]
+    train: dict[str, Any]
+    reasons: list[str]
+    estimates_s: dict[str, float]
+    signals: dict[str, Any] = field(default_factory=dict)
+    race: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def explain(self) -> str:
+        lines = [f"auto chose {self.strategy} {self.options or ''} with {self.train}"]
+        lines += [f"  - {r}" for r in self.reasons]
+        lines += ["  estimated seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in self.estimates_s.items())]
+        return "\n".join(lines)
+
+
+def forward_gflop(model, spec) -> float:
+    """FLOPs of one sample's forward pass, counted by torch (images; text at the spec's max length)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if spec.modality == "image":
+        x: Any = torch.zeros(1, *spec.preprocessing.input_size)
+    else:
+        n = getattr(spec.preprocessing, "max_length", 128) or 128
+        x = {"input_ids": torch.ones(1, n, dtype=torch.long), "attention_mask": torch.ones(1, n, dtype=torch.long)}
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.backbone.forward_features(x)
+    return counter.get_total_flops() / 1e9
+
+
+def estimates(s: Signals, epochs: int) -> dict[str, float]:
+    """Seconds each candidate needs: extraction at inference speed, steps at 3x forward FLOPs."""
+    extract = (s.n_train + s.n_val) * s.infer_gflop / INFER_GFLOPS
+    step = s.n_train * 3 * s.infer_gflop / TRAIN_GFLOPS  # one epoch of full training
+    val = s.n_val * s.infer_gflop / INFER_GFLOPS
+    return {"linear-probe": extract,
+            "partial": extract + epochs * (0.4 * step + val),  # last two groups: ~40% of the step's FLOPs
+            "lp-ft": extract + max(epochs - 1, 1) * (step + val),
+            "full": epochs * (step + val),
+            "lora": epochs * (0.9 * step + val)}
+
+
+def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Decision:
+    """The heuristic choice (pure: same signals, budget and epochs give the same decision)."""
+    reasons: list[str] = []
+    epochs = epochs or 5
+    est = estimates(s, epochs)
+    if budget_s is not None and budget_s < est["linear-probe"]:
+        raise ConfigError(f"a budget of {budget_s:.0f}s is too small to train anything here: even a linear probe "
+                          f"needs about {est['linear-probe']:.0f}s ({s.n_train + s.n_val} samples through a "
+                          f"{s.params_m:.1f}M-parameter backbone). Raise the budget or use fewer samples.")
+
+    def fits(name: str, e: int = epochs) -> bool:
+        return budget_s is None or estimates(s, e)[name] <= budget_s
+
+    def affordable_epochs(name: str) -> int:
+        return max([e for e in range(1, epochs + 1) if fits(name, e)], default=0)
+
+    probe = s.probe_accuracy
+    train: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    if s.per_class < 10:
+        choice = "linear-probe"
+        reasons.append(f"{s.per_class:.0f} samples per class: too few to fine-tune without overfitting")
+    elif probe is not None and probe >= 0.97:
+        choice = "linear-probe"
+        reasons.append(f"frozen features already separate the task (linear-probe proxy {probe:.3f} >= 0.97)")
+    elif s.modality == "text" and s.params_m > 80 and affordable_epochs("lora") >= 2:
+        choice, options = "lora", {"lora_r": 8}
+        reasons.append(f"{s.params_m:.0f}M-parameter encoder: LoRA keeps memory and checkpoints small")
+    elif probe is not None and probe < 0.6 and s.per_class >= 100 and affordable_epochs("full") >= 3:
+        choice = "full"
+        reasons.append(f"large domain shift (linear-probe proxy {probe:.3f} < 0.6) and {s.per_class:.0f} samples"
+                       " per class: full fine-tuning, a linear-probe phase would buy little")
+    elif affordable_epochs("lp-ft") >= 2:
+        choice = "lp-ft"
+        e = affordable_epochs("lp-ft")
+        train["epochs"] = max(e, 2)
+        options = {"lp_epochs": 1, "ft_lr_scale": 0.1}
+        reasons.append("LP-FT: head first, then everything at a lower rate (Kumar et al. 2022), "
+                       f"{train['epochs']} epochs fit the budget")
+        if s.per_class < 100:
+            options["l2sp_alpha"] = 0.01
+            reasons.append(f"{s.per_class:.0f} samples per class: L2-SP pulls the weights towards the pretrained ones")
+    elif affordable_epochs("partial") >= 2:
+        choice, options = "partial", {"trainable": "last:2"}
+        train["epochs"] = affordable_epochs("partial")
+        reasons.append("full fine-tuning does not fit the budget: the last two groups train on cached activations")
+    else:
+        choice = "linear-probe"
+        reasons.append("only a linear probe fits the budget")
+    if choice == "linear-probe":
+        train.setdefault("lr", 3e-3)  # a head alone tolerates (and needs) a larger rate
+    if probe is not None:
+        reasons.append(f"signals: {s.n_train} training samples, {s.num_classes} classes, "
+                       f"{s.params_m:.1f}M parameters, linear-probe proxy {probe:.3f}")
+    return Decision(choice, options, train, reasons, est, asdict(s))
+
+
+def measure(model, data, *, seed: int = 0, cache_dir=None, max_probe: int = 4000) -> Signals:
+    """Signals of a model and data set; the frozen features go through the feature cache (one pass)."""
+    from ..data import make_batcher
+    from ..features import cached_features
+    from ..run.precision import resolve_channels_last, resolve_precision
+    from ..transferability import linear_probe_proxy
+
+    train = data.train
+    targets = train.targets
+    counts = torch.bincount(targets) if targets.ndim == 1 and not targets.is_floating_point() else None
+    per_class = float(counts[counts > 0].median()) if counts is not None else float(len(train))
+    s = Signals(len(train), len(data.val) if data.val is not None else 0, len(data.classes), per_class,
+                sum(p.numel() for p in model.backbone.parameters()) / 1e6, forward_gflop(model, model.spec),
+                model.spec.modality)
+    if counts is None or len(train) > max_probe:
+        return s  # regression / multi-label, or too large to probe cheaply: decide without the shift signal
+    device = torch.device("cpu")
+    feats, _ = cached_features(model.backbone, model.spec, make_batcher(train, model.spec, train=False),
+                               train.fingerprint(), cache_dir=cache_dir,
+                               bf16=resolve_precision("auto", model, device, training=False),
+                               channels_last=resolve_channels_last("auto", model))
+    if counts.min() >= 2:
+        s.probe_accuracy = linear_probe_proxy(feats, targets, folds=min(3, int(counts[counts > 0].min())), seed=seed)
+    return s
+
+
+RACE_ORDER = ("lp-ft", "full", "partial", "linear-probe")  # the runner-up is the next of these that fits
+RACE_OPTIONS = {"lp-ft": {"lp_epochs": 1, "ft_lr_scale": 0.1}, "partial": {"trainable": "last:2"}}
+
+
+def race(model, data, decision: Decision, budget_s: float, epochs: int, *, seed: int = 0, cache_dir=None) -> None:
+    """Successive halving between the heuristic's choice and its runner-up, when the budget leaves room.
+
+    Both train for up to 2 epochs on a stratified third of the training set; the better validation accuracy
+    wins (ties keep the heuristic's choice). The race's estimated cost plus the winner's full run must fit
+    the budget, otherwise the heuristic stands. Updates `decision` in place.
+    """
+    import copy
+    import tempfile
+
+    from ..data import DataSplits, stratified_split
+    from ..run.trainer import fit
+
+    est = decision.estimates_s
+    others = [c for c in RACE_ORDER if c != decision.strategy and est.get(c, math.inf) <= budget_s]
+    if not others or decision.strategy not in RACE_ORDER or data.val is None or data.train.targets.ndim != 1:
+        return
+    contenders = [decision.strategy, others[0]]
+    race_cost = sum(est[c] for c in contenders) / 3 * min(2, epochs) / epochs
+    if race_cost + max(est[c] for c in contenders) > budget_s:
+        return
+    _, third = stratified_split(data.train.targets, 1 / 3, seed)
+    small = DataSplits(data.train.subset(third), data.val, None, data.classes, data.name, data.modality)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in contenders:
+            torch.manual_seed(seed)
+            options = decision.options if name == decision.strategy else RACE_OPTIONS.get(name, {})
+            train = decision.train if name == decision.strategy else ({"lr": 3e-3} if name == "linear-probe" else {})
+            run = fit(copy.deepcopy(model), small, name, out=f"{tmp}/{name}", progress=False, cache_dir=cache_dir,
+                      seed=seed, **{**train, **options, "epochs": min(2, epochs)})
+            results.append({"strategy": name, "options": options, "train": train,
+                            "val_accuracy": run.best_metrics.get("val/accuracy", float("nan")),
+                            "seconds": round(run.seconds, 1)})
+    decision.race = results
+    best = max(results, key=lambda r: (r["val_accuracy"], r["strategy"] == decision.strategy))
+    if best["strategy"] != decision.strategy:
+        decision.reasons.append(f"race on a third of the data: {best['strategy']} ({best['val_accuracy']:.3f}) beat "
+                                f"{decision.strategy} ({results[0]['val_accuracy']:.3f}); switching")
+        decision.strategy, decision.options = best["strategy"], best["options"]
+        decision.train = {k: v for k, v in decision.train.items() if k == "epochs"} | best["train"]
+    else:
+        decision.reasons.append(f"race on a third of the data confirmed {decision.strategy} "
+                                f"({best['val_accuracy']:.3f} vs {results[1]['val_accuracy']:.3f})")
+
+
+def choose(model, data, budget: str | float | None = None, epochs: int | None = None, *, seed: int = 0,
+           cache_dir=None, run_dir: str | Path | None = None) -> Decision:
+    """Measure, decide, and (with `run_dir`) write the decision and its reasons to `auto.json` there.
+
+    A run folder that already holds a decision reuses it, so a resumed run keeps its choice.
+    """
+    if run_dir is not None and (Path(run_dir) / DECISION_FILE).is_file():
+        saved = json.loads((Path(run_dir) / DECISION_FILE).read_text())
+        return Decision(**saved)
+    budget_s = parse_budget(budget)
+    decision = decide(measure(model, data, seed=seed, cache_dir=cache_dir), budget_s, epochs)
+    if budget_s is not None:
+        race(model, data, decision, budget_s, epochs or 5, seed=seed, cache_dir=cache_dir)
+    if run_dir is not None:
+        from ..atomic import atomic_write_text
+
+        atomic_write_text(Path(run_dir) / DECISION_FILE, json.dumps(decision.to_dict(), indent=2))
+    return decision
+
+
