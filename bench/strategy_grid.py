@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_mb, run_worker, save  # noqa: E402
+from common import RESULTS, machine, peak_rss_mb, run_worker, save  # noqa: E402
 
 FRACTIONS = (0.1, 1.0)
 PEFT = ("lora", "ia3", "bitfit", "norm-tuning")
@@ -164,6 +164,13 @@ def main() -> None:
                 cells.append(cell)
                 print(json.dumps(cell), flush=True)
     name = "strategy_grid" + ("_quick" if args.quick else "")
+    # A slice of the grid adds to (or replaces cells of) the results already on disk.
+    previous = RESULTS / f"{name}.json"
+    if previous.exists():
+        done = {(c["task"], c["strategy"], c["fraction"]) for c in cells}
+        kept = [c for c in json.loads(previous.read_text())["cells"]
+                if (c["task"], c["strategy"], c["fraction"]) not in done]
+        cells = kept + cells
     record = {"machine": machine(), "quick": args.quick, "seconds": round(time.perf_counter() - start, 1),
               "tasks": {t: settings(t, args.quick) for t in tasks}, "lr": LR, "head_lr": HEAD_LR,
               "options": OPTIONS, "cells": cells}
