@@ -153,16 +153,21 @@ class _Wrapped(nn.Module):
         return {"loss": F.cross_entropy(logits.float(), labels), "logits": logits}
 
 
-def ft_hf(args) -> dict:
-    from transformers import Trainer, TrainingArguments
-
+def peer_setup(args):
+    """What every peer trainer starts from: the model at headstart's settings and the prepared tensors."""
     torch.manual_seed(0)
     model = make_model(args.model)
     bf16, cl = ft_settings(model)
     if cl:
         model.to(memory_format=torch.channels_last)
     x, y = ft_data(args, model)
-    fmt = torch.channels_last if cl else torch.contiguous_format
+    return model, bf16, cl, (torch.channels_last if cl else torch.contiguous_format), x, y
+
+
+def ft_hf(args) -> dict:
+    from transformers import Trainer, TrainingArguments
+
+    model, bf16, cl, fmt, x, y = peer_setup(args)
     rows = [{"pixel_values": x[i], "labels": y[i]} for i in range(len(x))]
 
     def collate(batch):
@@ -188,13 +193,7 @@ def ft_lightning(args) -> dict:
     import lightning as L
     from lightning.pytorch.callbacks import BackboneFinetuning
 
-    torch.manual_seed(0)
-    model = make_model(args.model)
-    bf16, cl = ft_settings(model)
-    if cl:
-        model.to(memory_format=torch.channels_last)
-    x, y = ft_data(args, model)
-    fmt = torch.channels_last if cl else torch.contiguous_format
+    model, bf16, cl, fmt, x, y = peer_setup(args)
 
     class Module(L.LightningModule):
         def __init__(self):
