@@ -32,12 +32,14 @@ def settings(quick: bool) -> dict[str, dict]:
     """Per run: data subset, model options and fit arguments."""
     from headstart.demo import TEXT_DEMO
 
-    subset = {"subset": 10, "test_subset": 10} if quick else {}
+    # The issue's protocol trains on the whole 80%; headstart keeps 5% of it aside to pick the best epoch.
+    subset = {"subset": 10, "test_subset": 10} if quick else {"val_fraction": 0.05}
     return {
         # The encoder runs once per article (features cached), so the probe can afford whole articles:
         # 512 tokens (MiniLM's position limit) scored 0.966-0.973 where 128 tokens gave about 0.955.
+        # Features are normalised as the model's own pipeline does (scaled to unit RMS), hence lr 3e-3.
         "linear-probe": {"data": subset, "max_length": 64 if quick else 512,
-                         "fit": {"strategy": "linear-probe", "epochs": 3 if quick else 30, "lr": 3e-2,
+                         "fit": {"strategy": "linear-probe", "epochs": 3 if quick else 30, "lr": 3e-3,
                                  "batch_size": 32, "precision": "auto"}},
         # Fine-tuning pays per token every epoch: the demo's 128 tokens (3.2 min, test 0.975 in one run at
         # light load), and 256 tokens to measure what the cut at 128 costs (most errors are business/tech

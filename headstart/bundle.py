@@ -5,6 +5,7 @@ reads the weights with safetensors, which cannot run code.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -109,7 +110,7 @@ def load_model(path: str | Path, module: nn.Module | None = None, num_classes: i
         if not (folder / TEXT_DIR / "config.json").is_file():
             raise BundleError(f"bundle {str(folder)!r} holds a text model but not its {TEXT_DIR}/config.json and "
                               "tokenizer files; re-export it from its run folder.")
-        pre = TextPreprocessing(str(folder / TEXT_DIR), pre.max_length, pre.pooling, pre.vocab_size)
+        pre = dataclasses.replace(pre, tokenizer=str(folder / TEXT_DIR))
     adapters = meta.get("adapters")
     if module is not None:
         backbone, spec = wrap_module(module, pre, name=bb["source"])

@@ -55,6 +55,7 @@ class ModelConfig(BaseModel):
     image_size: int | None = Field(None, ge=16)  # overrides the weights' input size
     max_length: int | None = Field(None, ge=2)  # text backbones: tokens kept per text (default: the model's limit)
     pooling: Literal["cls", "mean", "max", "pooler"] | None = None  # text backbones (default: the model's own)
+    normalize: bool | None = None  # text backbones: L2-normalise the embedding (default: the model's own)
 
 
 class DataConfig(BaseModel):
@@ -216,6 +217,7 @@ class TrainConfig(BaseModel):
     clip_grad_norm: float | None = Field(None, gt=0.0)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
+    fast_dropout: bool = True  # CPU dropout masks drawn 4 per RNG call (run/dropout.py); false = torch's own
     loss: Literal["cross_entropy", "bce", "mse"] = "cross_entropy"  # bce: multi-label (the default there)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     class_weights: Literal["none", "balanced"] = "none"

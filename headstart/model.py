@@ -94,7 +94,7 @@ def create_model(backbone: str | nn.Module, num_classes: int | None = None, *, w
                  labels: list[str] | None = None, head: str = "linear", hidden: int = 512, dropout: float = 0.0,
                  task: str = "classification", image_size: int | None = None,
                  preprocessing: ImagePreprocessing | None = None, max_length: int | None = None,
-                 pooling: str | None = None) -> TransferModel:
+                 pooling: str | None = None, normalize: bool | None = None) -> TransferModel:
     """A pretrained backbone with a new head.
 
     Args:
@@ -104,8 +104,8 @@ def create_model(backbone: str | nn.Module, num_classes: int | None = None, *, w
         task: ``classification`` (cross-entropy), ``multilabel`` (a sigmoid per class, binary cross-entropy)
             or ``regression`` (num_classes = number of targets).
         image_size: override the weights' input size (e.g. smaller for small images, faster on CPU).
-        max_length, pooling: for text backbones (``hf:...``): tokens kept per text, and ``cls``, ``mean``,
-            ``max`` or ``pooler``.
+        max_length, pooling, normalize: for text backbones (``hf:...``): tokens kept per text; ``cls``,
+            ``mean``, ``max`` or ``pooler``; L2-normalise the embedding (scaled to norm sqrt(F); default: as the model's own pipeline).
 
     Example:
         model = hs.create_model("timm:tf_efficientnet_lite0", 10, weights="package:efficientnet-lite0")
@@ -113,7 +113,8 @@ def create_model(backbone: str | nn.Module, num_classes: int | None = None, *, w
     if isinstance(backbone, nn.Module):
         module, spec = wrap_module(backbone, preprocessing)
     else:
-        text_options = {k: v for k, v in (("max_length", max_length), ("pooling", pooling)) if v is not None}
+        text_options = {k: v for k, v in (("max_length", max_length), ("pooling", pooling), ("normalize", normalize))
+                        if v is not None}
         if text_options and split_name(backbone)[0] != "hf":
             raise HeadstartError(f"{', '.join(text_options)} apply to text backbones (hf:<folder or hub id>); "
                                  f"{backbone!r} is not one. Leave them out.")

@@ -111,6 +111,32 @@ def test_spec_records_tokenizer_length_and_pooling(tiny_bert):
     assert again == pre
 
 
+def test_normalize_follows_the_sentence_transformers_pipeline_and_survives_the_bundle(tiny_bert, tmp_path):
+    st = shutil.copytree(tiny_bert, tmp_path / "st-bert")
+    (st / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    texts = ["a good film", "the plot was awful and very slow"]
+    model = hs.create_model(f"hf:{st}", 2)
+    plain = hs.create_model(f"hf:{st}", 2, normalize=False)
+    assert model.spec.preprocessing.normalize and not plain.spec.preprocessing.normalize
+    assert not text_model(tiny_bert).spec.preprocessing.normalize  # no Normalize module listed: raw embedding
+    x = make_batcher(TextData(texts, torch.tensor([0, 1]), ["n", "p"], {}), model.spec, train=False
+                     ).inputs(torch.arange(2))
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        unit, raw = model.backbone.forward_features(x), plain.backbone.forward_features(x)
+    # The model's direction at norm sqrt(F): unit RMS per feature, a scale heads train well on.
+    torch.testing.assert_close(unit.norm(dim=1), torch.full((2,), 32 ** 0.5))
+    torch.testing.assert_close(unit, raw / raw.norm(dim=1, keepdim=True) * 32 ** 0.5)
+    save_bundle(model, tmp_path / "bundle")
+    loaded = load_model(tmp_path / "bundle")
+    assert loaded.spec.preprocessing.normalize
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
 def test_mean_pooling_ignores_padding(tiny_bert):
     backbone, spec = create_backbone(f"hf:{tiny_bert}", pooling="mean")
     backbone.eval()
@@ -277,7 +303,7 @@ def test_fit_end_to_end_and_bundle_reloads_offline_and_predicts_identically(tiny
     own = shutil.copytree(tiny_bert, tmp_path / "own-bert")
     data = hs.data.text_file(sentiment_csv, "body", "topic", val_fraction=0.25, test_fraction=0.2)
     model = text_model(own)
-    run = hs.fit(model, data, "full", epochs=6, lr=1e-2, out=tmp_path / "run", **FAST)
+    run = hs.fit(model, data, "full", epochs=10, lr=1e-2, out=tmp_path / "run", **FAST)
     # The keyword decides the label: the tiny encoder learns it (chance is 0.5).
     assert max(r["val/accuracy"] for r in run.history) >= 0.8
     assert run.test_metrics["test/accuracy"] >= 0.75

@@ -17,6 +17,7 @@ import functools
 import importlib.util
 import inspect
 import json
+import math
 import os
 import re
 import shutil
@@ -74,11 +75,12 @@ class TextBackbone(nn.Module):
     tokenizer makes them). Parameter names carry the prefix ``net.``, like FeatureBackbone.
     """
 
-    def __init__(self, net: nn.Module, pooling: str):
+    def __init__(self, net: nn.Module, pooling: str, normalize: bool = False):
         super().__init__()
         POOLINGS.get(pooling)  # fail early with the valid names
         self.net = net
         self.pooling = pooling
+        self.normalize = normalize
         accepted = inspect.signature(net.forward).parameters
         self.input_names = tuple(n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted)
 
@@ -88,7 +90,12 @@ class TextBackbone(nn.Module):
             raise HeadstartError(f"a text backbone takes a dict with input_ids and attention_mask (as a text "
                                  f"batcher makes them), got {got}. Tokenise with the spec's tokenizer first.")
         out = self.net(**{k: v for k, v in tokens.items() if k in self.input_names}, return_dict=True)
-        return POOLINGS.get(self.pooling)(out.last_hidden_state, tokens["attention_mask"], out)
+        pooled = POOLINGS.get(self.pooling)(out.last_hidden_state, tokens["attention_mask"], out)
+        if not self.normalize:
+            return pooled
+        # The model's own direction, at norm sqrt(F) (unit RMS per feature) rather than 1: a head on unit
+        # vectors needs weights ~sqrt(F) times larger, which its usual learning rates take many epochs to reach.
+        return nn.functional.normalize(pooled.float(), dim=-1) * math.sqrt(pooled.shape[-1])
 
     def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.forward_features(tokens)
@@ -297,10 +304,15 @@ def _position_limit(config, tokenizer) -> int | None:
     return min(limits) if limits else None
 
 
-def _sentence_transformers_defaults(folder: Path | None, hub_id: str | None) -> tuple[str | None, int | None]:
-    """(pooling, max_length) from a sentence-transformers folder's own configs, when it has them."""
+def _sentence_transformers_defaults(folder: Path | None, hub_id: str | None
+                                    ) -> tuple[str | None, int | None, bool]:
+    """(pooling, max_length, normalize) from a sentence-transformers folder's own configs, when it has them."""
     pooling = max_length = None
+    normalize = False
     if folder is not None:
+        if (folder / "modules.json").is_file():
+            modules = json.loads((folder / "modules.json").read_text())
+            normalize = any(str(m.get("type", "")).endswith(".Normalize") for m in modules if isinstance(m, dict))
         pool_cfg = folder / "1_Pooling" / "config.json"
         if pool_cfg.is_file():
             cfg = json.loads(pool_cfg.read_text())
@@ -315,7 +327,7 @@ def _sentence_transformers_defaults(folder: Path | None, hub_id: str | None) -> 
             max_length = json.loads(st_cfg.read_text()).get("max_seq_length")
     elif hub_id is not None and hub_id.lower().startswith("sentence-transformers/"):
         pooling = "mean"
-    return pooling, max_length
+    return pooling, max_length, normalize
 
 
 def _load_network(folder: Path | None, hub_id: str | None, random_init: bool, need_pooler: bool) -> nn.Module:
@@ -364,7 +376,7 @@ def check_tokenizer(tokenizer, vocab_rows: int, where: str) -> None:
 @SOURCES.register("hf", help="text encoders through transformers: hf:<folder> or hf:<hub id>, "
                              "e.g. hf:sentence-transformers/all-MiniLM-L6-v2")
 def build_hf(name: str, weights: str | None = None, *, pooling: str | None = None, max_length: int | None = None,
-             tokenizer: str | None = None) -> tuple[TextBackbone, BackboneSpec]:
+             tokenizer: str | None = None, normalize: bool | None = None) -> tuple[TextBackbone, BackboneSpec]:
     """A text encoder with its tokenizer, pooling and length limit recorded in the spec.
 
     Args:
@@ -375,9 +387,13 @@ def build_hf(name: str, weights: str | None = None, *, pooling: str | None = Non
             (their own pooling config when present), else ``cls``.
         max_length: tokens kept per text (longer texts are truncated); default the model's own limit.
         tokenizer: a folder (or hub id) to load the tokenizer from, when it is not beside the weights.
+        normalize: L2-normalise the pooled embedding (then scale it to norm sqrt(F), unit RMS per feature);
+            default: as the model's sentence-transformers pipeline does (its modules.json lists a Normalize
+            module, as all-MiniLM-L6-v2's does), else no.
     """
     folder, hub_id, record = _locate(name, weights)
-    st_pooling, st_max_length = _sentence_transformers_defaults(folder, hub_id)
+    st_pooling, st_max_length, st_normalize = _sentence_transformers_defaults(folder, hub_id)
+    normalize = st_normalize if normalize is None else bool(normalize)
     pooling = pooling or st_pooling or "cls"
     POOLINGS.get(pooling)
     net = _load_network(folder, hub_id, weights in ("random", "none"), need_pooler=pooling == "pooler")
@@ -401,7 +417,7 @@ def build_hf(name: str, weights: str | None = None, *, pooling: str | None = Non
         raise HeadstartError(f"max_length={max_length} is longer than hf:{name} can take ({limit} positions); "
                              f"choose max_length <= {limit}.")
     pre = TextPreprocessing(tokenizer=tok_location, max_length=int(max_length), pooling=pooling,
-                            vocab_size=vocab_rows)
+                            vocab_size=vocab_rows, normalize=normalize)
     if folder is not None:
         weights_id = folder_weights_id(folder) if record is not None else None
     else:
@@ -410,14 +426,14 @@ def build_hf(name: str, weights: str | None = None, *, pooling: str | None = Non
     spec = BackboneSpec(source=f"hf:{name}", modality="text", num_features=int(net.config.hidden_size),
                         preprocessing=pre, layer_groups=text_layer_groups(net), weights=record,
                         weights_id=weights_id)
-    return TextBackbone(net, pooling), spec
+    return TextBackbone(net, pooling, normalize), spec
 
 
 def text_backbone_from_folder(folder: str | os.PathLike, preprocessing: TextPreprocessing, source: str
                               ) -> tuple[TextBackbone, BackboneSpec]:
     """The architecture saved by `save_text_assets` (random weights: the caller loads its own)."""
     backbone, spec = build_hf(str(folder), weights="random", pooling=preprocessing.pooling,
-                              max_length=preprocessing.max_length)
+                              max_length=preprocessing.max_length, normalize=preprocessing.normalize)
     spec.source = source
     return backbone, spec
 

@@ -52,6 +52,7 @@ class TextPreprocessing:
     max_length: int = 128
     pooling: str = "mean"  # cls | mean | max | pooler (see backbones/hf_source.py POOLINGS)
     vocab_size: int | None = None
+    normalize: bool = False  # the pooled embedding's direction (sentence-transformers' Normalize), at norm sqrt(F)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "text", **asdict(self)}
@@ -60,7 +61,7 @@ class TextPreprocessing:
     def from_dict(cls, d: dict[str, Any]) -> "TextPreprocessing":
         vocab = d.get("vocab_size")
         return cls(tokenizer=str(d["tokenizer"]), max_length=int(d["max_length"]), pooling=str(d["pooling"]),
-                   vocab_size=None if vocab is None else int(vocab))
+                   vocab_size=None if vocab is None else int(vocab), normalize=bool(d.get("normalize", False)))
 
 
 def preprocessing_from_dict(d: dict[str, Any] | None) -> "ImagePreprocessing | TextPreprocessing | None":

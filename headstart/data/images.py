@@ -49,16 +49,7 @@ class ImageData:
 
     def subset(self, indices: torch.Tensor | Sequence[int] | np.ndarray) -> ImageData:
         """A new ImageData holding the given rows (int indices or a boolean mask), in that order."""
-        idx = torch.as_tensor(indices)
-        if idx.dtype == torch.bool:
-            if idx.shape != (len(self),):
-                raise DataError(f"a boolean mask for subset() must have shape ({len(self)},), got "
-                                f"{tuple(idx.shape)}.")
-            idx = idx.nonzero().flatten()
-        idx = idx.to(torch.long).flatten()
-        if idx.numel() and (int(idx.min()) < -len(self) or int(idx.max()) >= len(self)):
-            raise DataError(f"subset() indices must lie in [0, {len(self)}), got values from {int(idx.min())} "
-                            f"to {int(idx.max())}.")
+        idx = row_indices(indices, len(self))
         idx_dev = idx.to(self.images.device)
         paths = [self.paths[i] for i in idx.tolist()] if self.paths is not None else None
         return ImageData(self.images[idx_dev], self.targets[idx.to(self.targets.device)], list(self.classes),
@@ -142,6 +133,20 @@ def _class_groups(targets: torch.Tensor) -> list[torch.Tensor]:
 
 def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
+
+
+def row_indices(indices: torch.Tensor | Sequence[int] | np.ndarray, n: int) -> torch.Tensor:
+    """Int64 row indices in [0, n) from int indices or a boolean mask of length n; clear errors otherwise."""
+    idx = torch.as_tensor(indices)
+    if idx.dtype == torch.bool:
+        if idx.shape != (n,):
+            raise DataError(f"a boolean mask for subset() must have shape ({n},), got {tuple(idx.shape)}.")
+        idx = idx.nonzero().flatten()
+    idx = idx.to(torch.long).flatten()
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+        raise DataError(f"subset() indices must lie in [0, {n}), got values from {int(idx.min())} "
+                        f"to {int(idx.max())}.")
+    return idx
 
 
 def stratified_split(targets: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ import torch
 from ..errors import DataError
 from .batcher import BATCHERS
 from .batches import iterate_batches
-from .images import DataSplits, stratified_split
+from .images import DataSplits, row_indices, stratified_split
 
 Text = Union[str, tuple[str, str]]
 TEXT_FILE_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet")
@@ -75,16 +75,7 @@ class TextData:
 
     def subset(self, indices: torch.Tensor | Sequence[int] | np.ndarray) -> "TextData":
         """A new TextData holding the given rows (int indices or a boolean mask), in that order."""
-        idx = torch.as_tensor(indices)
-        if idx.dtype == torch.bool:
-            if idx.shape != (len(self),):
-                raise DataError(f"a boolean mask for subset() must have shape ({len(self)},), got "
-                                f"{tuple(idx.shape)}.")
-            idx = idx.nonzero().flatten()
-        idx = idx.to(torch.long).flatten()
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(self)):
-            raise DataError(f"subset() indices must lie in [0, {len(self)}), got values from {int(idx.min())} "
-                            f"to {int(idx.max())}.")
+        idx = row_indices(indices, len(self))
         return TextData([self.texts[i] for i in idx.tolist()], self.targets[idx], list(self.classes),
                         self.columns)
 

@@ -14,7 +14,7 @@ from .trainer import RunResult, fit
 def model_from_config(cfg: RunConfig) -> TransferModel:
     m = cfg.model
     return create_model(m.backbone, weights=m.weights, head=m.head, hidden=m.head_hidden, dropout=m.dropout,
-                        image_size=m.image_size, max_length=m.max_length, pooling=m.pooling,
+                        image_size=m.image_size, max_length=m.max_length, pooling=m.pooling, normalize=m.normalize,
                         task="multilabel" if cfg.data.is_multi_label else "classification")
 
 

@@ -12,8 +12,14 @@ OPTIMIZERS: Registry = Registry("optimizer")
 
 @OPTIMIZERS.register("adamw")
 def adamw(groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
-    """AdamW; each group's weight_decay is decoupled from its lr."""
-    return torch.optim.AdamW(groups, lr=lr)
+    """AdamW; each group's weight_decay is decoupled from its lr.
+
+    The fused kernel updates all tensors in one pass: on 2 CPU cores it took MiniLM's optimizer step from
+    about 100 ms to 22 ms (bench/results/text_bbc.md). Same update rule as the per-tensor loop.
+    """
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, lr=lr, fused=fused)
 
 
 @OPTIMIZERS.register("sgd")

@@ -25,6 +25,7 @@ from .cached_inputs import EpochInputs
 from .checkpoint import BackgroundWriter, load_checkpoint, save_checkpoint, snapshot
 from .loop import evaluate_split, train_epoch
 from .optim import build_optimizer, build_scheduler, regroup
+from .dropout import install as install_fast_dropout
 from .precision import resolve_channels_last, resolve_precision
 
 METRICS_FILE, CONFIG_FILE, TEST_FILE = "metrics.jsonl", "config.yaml", "test_metrics.json"
@@ -105,6 +106,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     channels_last = resolve_channels_last(cfg.channels_last, model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if cfg.fast_dropout:
+        install_fast_dropout(model)
 
     optimizer = build_optimizer(strat.param_groups(model, strat_epoch, cfg.lr, cfg.weight_decay, cfg.head_lr),
                                 cfg.optimizer, cfg.lr, cfg.momentum)
