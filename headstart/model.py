@@ -105,7 +105,8 @@ def create_model(backbone: str | nn.Module, num_classes: int | None = None, *, w
             or ``regression`` (num_classes = number of targets).
         image_size: override the weights' input size (e.g. smaller for small images, faster on CPU).
         max_length, pooling, normalize: for text backbones (``hf:...``): tokens kept per text; ``cls``,
-            ``mean``, ``max`` or ``pooler``; L2-normalise the embedding (scaled to norm sqrt(F); default: as the model's own pipeline).
+            ``mean``, ``max`` or ``pooler``; L2-normalise the embedding (scaled to norm sqrt(F); default: as
+            the model's own pipeline does).
 
     Example:
         model = hs.create_model("timm:tf_efficientnet_lite0", 10, weights="package:efficientnet-lite0")

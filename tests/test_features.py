@@ -74,7 +74,7 @@ def test_extract_restores_train_mode(setup):
 
 
 def test_cached_and_uncached_linear_probes_learn_the_same_head(tiny_data, tmp_path):
-    heads, histories = [], []
+    heads, histories, tests = [], [], []
     for cache in ("on", "off"):
         torch.manual_seed(0)
         model = hs.create_model("toy:cnn", 3)
@@ -83,10 +83,14 @@ def test_cached_and_uncached_linear_probes_learn_the_same_head(tiny_data, tmp_pa
                      out=tmp_path / cache)
         heads.append(model.head.state_dict())
         histories.append(run.history)
+        tests.append(run.test_metrics)
     for k in heads[0]:
         torch.testing.assert_close(heads[0][k], heads[1][k], rtol=1e-4, atol=1e-5)
     assert [round(h["val/accuracy"], 6) for h in histories[0]] == [round(h["val/accuracy"], 6) for h in histories[1]]
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2  # train and val features, no more
+    # The cached run also scores the test split on cached features: the same metrics as through the model.
+    assert tests[0].keys() == tests[1].keys()
+    assert all(abs(tests[0][k] - tests[1][k]) < 1e-4 for k in tests[0] if k != "test/loss")
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 3  # train, val and test features
 
 
 def test_unfrozen_backbone_never_uses_the_cache(tiny_data, tmp_path):
@@ -142,3 +146,64 @@ def test_partial_fine_tune_on_cached_prefix_matches_the_uncached_run(tiny_data, 
     for k in plain:
         torch.testing.assert_close(cached[k].float(), plain[k].float(), rtol=1e-4, atol=1e-5)
     assert [h["val/accuracy"] for h in h_cached] == [h["val/accuracy"] for h in h_plain]
+
+
+DDP_SCRIPT = """
+import json, os, sys, torch
+sys.path.insert(0, {tests!r})
+import headstart as hs
+from conftest import separable_images
+from headstart.data import from_arrays
+x, y = separable_images()
+data = from_arrays(x, y, classes=["a", "b", "c"], val_fraction=0.25, seed=0, name="tiny")
+torch.manual_seed(0)
+model = hs.create_model("toy:cnn", 3)
+seen = []
+forward = model.backbone.forward_features
+model.backbone.forward_features = lambda x: seen.append(len(x)) or forward(x)
+hs.fit(model, data, "linear-probe", epochs=3, lr=0.05, batch_size=8, eval_batch_size=8, progress=False,
+       precision="fp32",
+       cache_dir={out!r} + "/cache", out={out!r} + "/run")
+torch.save(model.state_dict(), {out!r} + "/rank" + os.environ["RANK"] + ".pt")
+json.dump(sum(seen), open({out!r} + "/rows" + os.environ["RANK"], "w"))
+"""
+
+
+def test_ddp_shards_extraction_and_keeps_the_head_in_sync(tmp_path):
+    # Two processes: each extracts half the batches, both receive every row, rank 0 writes the file, and the
+    # head trains on cached features with its gradients averaged, so both ranks end with the same head.
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import separable_images
+    from headstart.data import from_arrays
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(0)
+    start = hs.create_model("toy:cnn", 3)
+    assert not torch.equal(a["head.0.weight"], start.state_dict()["head.0.weight"])  # the head did train
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["inputs"] for r in rows] == ["cached features"] * 3
+    # The gathered file holds every row in data order: what one process extracts on its own.
+    x, y = separable_images()
+    data = from_arrays(x, y, classes=["a", "b", "c"], val_fraction=0.25, seed=0, name="tiny")
+    files = sorted((tmp_path / "cache").glob("*.safetensors"))
+    assert len(files) == 2  # train and val
+    from safetensors.torch import load_file
+
+    extracted = [json.loads((tmp_path / f"rows{r}").read_text()) for r in (0, 1)]
+    assert min(extracted) > 0 and sum(extracted) == len(data.train) + len(data.val)  # each row once, split
+    cached = {load_file(f)["features"].shape[0]: load_file(f)["features"] for f in files}
+    train = data.train
+    reference = extract_features(start.backbone, make_batcher(train, start.spec, train=False))
+    torch.testing.assert_close(cached[len(train)], reference, atol=1e-5, rtol=1e-4)

@@ -202,16 +202,21 @@ class EpochInputs:
 
     cache: ``auto`` uses features whenever the whole backbone is frozen (epochs cycle over `views` views under
     augmentation) and prefix activations when augmentation is off; ``on`` uses both always (plain view);
-    ``off`` never caches. Single-process only for now: under DDP every epoch runs on images.
+    ``off`` never caches. Under DDP (`wrap` = the accelerator's prepare_model) feature extraction is sharded
+    across the ranks, the plain view only, and the head trains wrapped so its gradients are averaged; the
+    prefix cache is single-process (each rank would hold every row's activations).
     """
 
     def __init__(self, model, data, image_batches, val_image_batches, *, cache: str, augment: bool, views: int,
                  seed: int, cache_dir, bf16: bool, channels_last: bool, batch_size: int, device, processes: int,
-                 budget_gb: float = 4.0):
+                 budget_gb: float = 4.0, wrap=None):
         self.data, self.images, self.val_images = data, image_batches, val_image_batches
-        self.enabled = cache != "off" and processes == 1
-        self.prefix_enabled = self.enabled and (cache == "on" or not augment)
-        self.augment, self.views, self.seed, self.cache_dir = augment, views, seed, cache_dir
+        self.enabled = cache != "off"
+        self.prefix_enabled = self.enabled and processes == 1 and (cache == "on" or not augment)
+        self.augment, self.seed, self.cache_dir = augment, seed, cache_dir
+        self.views = views if processes == 1 else 1  # augmented views draw in batch order: not shardable
+        self.wrap = wrap if processes > 1 else None
+        self.head_step = None
         self.kwargs = dict(bf16=bf16, channels_last=channels_last, batch_size=batch_size, device=device)
         self.features = None
         self.prefix = PrefixCache(budget_gb)
@@ -229,8 +234,10 @@ class EpochInputs:
                                                         **self.kwargs)
             views, val = self.features
             self.used, self.head_only = "cached features", True
-            return HeadOnly(core), HeadOnly(core), views[epoch % len(views)], val
-        self.features, self.head_only = None, False  # the backbone trains: earlier features are stale now
+            if self.head_step is None:
+                self.head_step = self.wrap(HeadOnly(core)) if self.wrap else HeadOnly(core)
+            return self.head_step, HeadOnly(core), views[epoch % len(views)], val
+        self.features, self.head_only, self.head_step = None, False, None  # stale once the backbone trains
         if self.prefix_enabled:
             plan = self.prefix.plan(core, self.data.train, self.data.val, **self.kwargs)
             if plan is not None:
@@ -238,3 +245,18 @@ class EpochInputs:
                 return plan
         self.used = "raw inputs"
         return model, core, self.images, self.val_images
+
+    def test_inputs(self, best_model, test):
+        """(model, batcher) for the test pass: cached features when the run ended with a frozen backbone.
+
+        The key holds the best model's own backbone weights, so features are reused only when they are its
+        features; a later run on the same backbone and test data (another probe) skips the pass entirely.
+        """
+        if not (self.enabled and self.head_only):
+            return None
+        from ..data import make_batcher
+
+        feats, _ = cached_features(best_model.backbone, best_model.spec, make_batcher(test, best_model.spec,
+                                                                                     train=False),
+                                   test.fingerprint(), cache_dir=self.cache_dir, **self.kwargs)
+        return HeadOnly(best_model), FeatureBatcher(FeatureData(feats, test))

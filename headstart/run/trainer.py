@@ -134,7 +134,7 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     inputs = EpochInputs(core, data, image_batches, val_image_batches, cache=cfg.cache, augment=augment,
                          views=cfg.cache_views, seed=cfg.seed, cache_dir=cfg.cache_dir, bf16=bf16_eval,
                          channels_last=channels_last, batch_size=cfg.eval_batch_size, device=device,
-                         processes=accelerator.num_processes)
+                         processes=accelerator.num_processes, wrap=accelerator.prepare_model)
     metric_names = default_metrics(core.task, core.num_outputs)
     eval_kwargs = dict(batch_size=cfg.eval_batch_size, bf16=bf16_eval, channels_last=channels_last, device=device)
     show = cfg.progress and accelerator.is_main_process
@@ -205,8 +205,10 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
 
         best_model = load_model(run_dir / "best", module=core.backbone.net if core.spec.source.startswith(
             "module:") else None)
-        test_metrics = evaluate_split(best_model, make_batcher(data.test, core.spec, train=False), metric_names,
-                                      "test", **eval_kwargs)
+        on_features = inputs.test_inputs(best_model, data.test)
+        test_model, test_batches = on_features or (best_model, make_batcher(data.test, core.spec, train=False))
+        test_metrics = evaluate_split(test_model, test_batches, metric_names, "test",
+                                      **{**eval_kwargs, "bf16": bf16_eval and on_features is None})
         if accelerator.is_main_process:
             atomic_write_text(run_dir / TEST_FILE, json.dumps(test_metrics, indent=2))
     extra = bundle_report(run_dir / "best")

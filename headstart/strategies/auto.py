@@ -39,6 +39,20 @@ INFER_GFLOPS = 300.0
 TRAIN_GFLOPS = 120.0
 DECISION_FILE = "auto.json"
 
+# Peak AdamW rates per modality, from the strategy grid (bench/strategy_grid.py): pretrained CNNs fine-tune at
+# 1e-3, BERT-family encoders at 5e-5 (Devlin et al.); a new head learns at 1e-2 on either; adapters start at
+# their identity and need larger rates than the weights they adapt.
+RATES = {"image": {"lr": 1e-3, "head_lr": 1e-2, "adapter_lr": 3e-3},
+         "text": {"lr": 5e-5, "head_lr": 1e-2, "adapter_lr": 1e-3}}
+
+
+def learning_rates(strategy: str, modality: str) -> dict[str, float]:
+    """The `lr` and `head_lr` auto trains a strategy with (the user's explicit ones win)."""
+    rates = RATES.get(modality, RATES["image"])
+    if strategy == "linear-probe":
+        return {"lr": rates["head_lr"], "head_lr": rates["head_lr"]}
+    return {"lr": rates["adapter_lr"] if strategy == "lora" else rates["lr"], "head_lr": rates["head_lr"]}
+
 
 def parse_budget(budget: str | float | int | None) -> float | None:
     """'90s', '10m', '1.5h' or a number of seconds -> seconds."""
@@ -147,7 +161,7 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
         choice = "lp-ft"
         e = affordable_epochs("lp-ft")
         train["epochs"] = max(e, 2)
-        options = {"lp_epochs": 1, "ft_lr_scale": 0.1}
+        options = dict(RACE_OPTIONS["lp-ft"])
         reasons.append("LP-FT: head first, then everything at a lower rate (Kumar et al. 2022), "
                        f"{train['epochs']} epochs fit the budget")
         if s.per_class < 100:
@@ -160,8 +174,7 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
     else:
         choice = "linear-probe"
         reasons.append("only a linear probe fits the budget")
-    if choice == "linear-probe":
-        train.setdefault("lr", 3e-3)  # a head alone tolerates (and needs) a larger rate
+    train.update(learning_rates(choice, s.modality))
     if probe is not None:
         reasons.append(f"signals: {s.n_train} training samples, {s.num_classes} classes, "
                        f"{s.params_m:.1f}M parameters, linear-probe proxy {probe:.3f}")
@@ -195,6 +208,8 @@ def measure(model, data, *, seed: int = 0, cache_dir=None, max_probe: int = 4000
 
 
 RACE_ORDER = ("lp-ft", "full", "partial", "linear-probe")  # the runner-up is the next of these that fits
+# LP-FT: the probe phase runs on cached features (nearly free), then everything trains at a tenth of the rates
+# (lp-ft keeps BatchNorm statistics frozen by default; see its docstring for the measurement).
 RACE_OPTIONS = {"lp-ft": {"lp_epochs": 1, "ft_lr_scale": 0.1}, "partial": {"trainable": "last:2"}}
 
 
@@ -226,7 +241,7 @@ def race(model, data, decision: Decision, budget_s: float, epochs: int, *, seed:
         for name in contenders:
             torch.manual_seed(seed)
             options = decision.options if name == decision.strategy else RACE_OPTIONS.get(name, {})
-            train = decision.train if name == decision.strategy else ({"lr": 3e-3} if name == "linear-probe" else {})
+            train = decision.train if name == decision.strategy else learning_rates(name, model.spec.modality)
             run = fit(copy.deepcopy(model), small, name, out=f"{tmp}/{name}", progress=False, cache_dir=cache_dir,
                       seed=seed, **{**train, **options, "epochs": min(2, epochs)})
             results.append({"strategy": name, "options": options, "train": train,

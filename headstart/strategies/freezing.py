@@ -143,10 +143,16 @@ class LinearProbeThenFineTune(Strategy):
     converged head means the first fine-tuning steps do not send large random gradients into the pretrained
     features: about +1% in distribution and +10% out of distribution against full fine-tuning.
     One schedule spans both phases (no second warmup).
+
+    BatchNorm statistics stay frozen by default (`bn="frozen"`): the head was fitted to features computed
+    with the running statistics, and switching to batch statistics when fine-tuning starts moves every
+    feature at once. Measured on the strategy grid's Fashion-MNIST cell (Lite0, 128 px, 100 per class, 4
+    epochs): frozen 0.843 test accuracy, train-mode BN 0.739 (validation fell from 0.76 to 0.42 on the
+    first fine-tuning epoch); full fine-tuning 0.837, linear probe 0.830.
     """
 
     name = "lp-ft"
-    default_bn = "train"
+    default_bn = "frozen"
 
     def __init__(self, lp_epochs: int = 1, ft_lr_scale: float = 0.1, **common):
         super().__init__(**common)
