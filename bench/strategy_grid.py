@@ -92,7 +92,7 @@ def run_cell(args) -> dict:
     model = hs.create_model(s["backbone"], weights=s["weights"], **s["model_kwargs"])
     family = "peft" if args.strategy in PEFT else "default"
     # auto gets no learning rates or options: choosing them is its job. Everything else is the grid's.
-    settings_ = ({"budget": args.budget} if args.strategy == "auto" else
+    settings_ = ({"budget": f"{args.budget:.0f}s"} if args.strategy == "auto" else
                  {"lr": LR[args.task][family], "head_lr": HEAD_LR[args.task], **OPTIONS.get(args.strategy, {})})
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -172,11 +172,11 @@ def auto_table(rows: list[dict], quick: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_auto_comparison(tasks: list[str], quick: bool) -> None:
+def run_auto_comparison(tasks: list[str], quick: bool, only: list[float] | None = None) -> None:
     """The auto field, then auto with full fine-tuning's wall time as its budget, per task and fraction."""
     rows = []
     for task in tasks:
-        for fraction in AUTO_FRACTIONS[task]:
+        for fraction in [f for f in AUTO_FRACTIONS[task] if only is None or f in only]:
             cells = []
             for strategy in AUTO_FIELD:
                 cell_args = ["--task", task, "--strategy", strategy, "--fraction", str(fraction)]
@@ -195,6 +195,12 @@ def run_auto_comparison(tasks: list[str], quick: bool) -> None:
             print(json.dumps(auto), flush=True)
             rows.append({"task": task, "fraction": fraction, "budget_s": budget, "cells": cells, "auto": auto})
     name = "auto_vs_grid" + ("_quick" if quick else "")
+    previous = RESULTS / f"{name}.json"
+    if previous.exists():  # a partial run replaces its rows and keeps the others, in task order
+        done = {(r["task"], r["fraction"]) for r in rows}
+        rows = [r for r in json.loads(previous.read_text())["rows"] if (r["task"], r["fraction"]) not in done] + rows
+        order = list(AUTO_FRACTIONS)
+        rows.sort(key=lambda r: (order.index(r["task"]), r["fraction"]))
     save(name, {"machine": machine(), "quick": quick, "field": AUTO_FIELD, "rows": rows}, auto_table(rows, quick))
 
 
@@ -203,7 +209,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="toy sizes: checks the script, not a result")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
     parser.add_argument("--strategies", default="all", help="comma-separated strategy names, or all")
-    parser.add_argument("--fractions", default=",".join(map(str, FRACTIONS)))
+    parser.add_argument("--fractions", default=None, help=f"comma-separated (default {FRACTIONS}; with --auto, "
+                        f"a filter on {AUTO_FRACTIONS})")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--task", help=argparse.SUPPRESS)
     parser.add_argument("--strategy", help=argparse.SUPPRESS)
@@ -216,7 +223,8 @@ def main() -> None:
         print(json.dumps(run_cell(args)))
         return
     if args.auto:
-        run_auto_comparison(args.tasks.split(","), args.quick)
+        only = [float(f) for f in args.fractions.split(",")] if args.fractions else None
+        run_auto_comparison(args.tasks.split(","), args.quick, only)
         return
 
     from headstart.strategies import STRATEGIES
@@ -228,7 +236,7 @@ def main() -> None:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         parser.error(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
-    fractions = [float(f) for f in args.fractions.split(",")]
+    fractions = [float(f) for f in args.fractions.split(",")] if args.fractions else list(FRACTIONS)
     cells, start = [], time.perf_counter()
     for task in tasks:
         for strategy in strategies:

@@ -218,6 +218,7 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
     fast_dropout: bool = True  # CPU dropout masks drawn 4 per RNG call (run/dropout.py); false = torch's own
+    compile: bool = False  # torch.compile the training step's model (first epoch pays the compilation)
     loss: Literal["cross_entropy", "bce", "mse"] = "cross_entropy"  # bce: multi-label (the default there)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     class_weights: Literal["none", "balanced"] = "none"

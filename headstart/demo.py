@@ -46,8 +46,6 @@ def save_samples(images: np.ndarray, folder: Path, count: int = 8) -> Path:
 
 def run_demo(out: str = "runs/demo", subset: int = 200, epochs: int = 3) -> dict:
     from .config import validate_config
-    from .run.from_config import data_from_config, model_from_config
-    from .run.trainer import fit
 
     start = time.perf_counter()
     run_dir = free_folder(out)
@@ -55,14 +53,23 @@ def run_demo(out: str = "runs/demo", subset: int = 200, epochs: int = 3) -> dict
                            "train": {**DEMO["train"], "epochs": epochs}, "out": str(run_dir)})
     print(f"headstart demo: {cfg.model.backbone} with ImageNet weights ({cfg.model.weights}), strategy "
           f"{cfg.strategy.name}, on Fashion-MNIST ({subset} training images per class), {epochs} epochs")
+    return fit_and_report(cfg, run_dir, start, "Fashion-MNIST test images",
+                          lambda data: save_samples(data.test.images.numpy(), run_dir / "samples"))
+
+
+def fit_and_report(cfg, run_dir: Path, start: float, test_items: str, write_samples) -> dict:
+    """Train a demo's config, write a few test samples, and print the accuracy and the predict command."""
+    from .run.from_config import data_from_config, model_from_config
+    from .run.trainer import fit
+
     model = model_from_config(cfg)
     data = data_from_config(cfg, model)
     result = fit(model, data, cfg.strategy.name, out=cfg.out, bn=cfg.strategy.bn, augment=cfg.data.augment,
                  record=cfg, **cfg.train.model_dump())
-    samples = save_samples(data.test.images.numpy(), run_dir / "samples")
+    samples = write_samples(data)
     minutes = (time.perf_counter() - start) / 60
     acc = result.test_metrics["test/accuracy"]
-    print(f"\ntest accuracy {acc:.4f} on {len(data.test)} Fashion-MNIST test images "
+    print(f"\ntest accuracy {acc:.4f} on {len(data.test)} {test_items} "
           f"(best epoch {result.best_epoch}, {minutes:.1f} min)")
     print(f"run folder: {run_dir}")
     print(f"predict with it: headstart predict {run_dir} {samples} --out {run_dir}/predictions.csv")
@@ -84,8 +91,6 @@ def save_text_samples(texts: list[str], path: Path, count: int = 8) -> Path:
 def run_text_demo(out: str = "runs/demo-text", subset: int | None = None, epochs: int = 2) -> dict:
     """`headstart demo text`: MiniLM fine-tuned on BBC News (all 1,603 training articles unless `subset`)."""
     from .config import validate_config
-    from .run.from_config import data_from_config, model_from_config
-    from .run.trainer import fit
 
     start = time.perf_counter()
     run_dir = free_folder(out)
@@ -95,15 +100,5 @@ def run_text_demo(out: str = "runs/demo-text", subset: int | None = None, epochs
     print(f"headstart demo text: {cfg.model.backbone} ({cfg.model.weights}), strategy {cfg.strategy.name}, on "
           f"BBC News ({amount}, 5 topics), {epochs} epoch{'s' if epochs != 1 else ''}, "
           f"{cfg.model.max_length} tokens per article")
-    model = model_from_config(cfg)
-    data = data_from_config(cfg, model)
-    result = fit(model, data, cfg.strategy.name, out=cfg.out, bn=cfg.strategy.bn, augment=cfg.data.augment,
-                 record=cfg, **cfg.train.model_dump())
-    samples = save_text_samples(list(data.test.texts), run_dir / "samples.csv")
-    minutes = (time.perf_counter() - start) / 60
-    acc = result.test_metrics["test/accuracy"]
-    print(f"\ntest accuracy {acc:.4f} on {len(data.test)} BBC News test articles "
-          f"(best epoch {result.best_epoch}, {minutes:.1f} min)")
-    print(f"run folder: {run_dir}")
-    print(f"predict with it: headstart predict {run_dir} {samples} --out {run_dir}/predictions.csv")
-    return {"test_accuracy": acc, "minutes": minutes, "run_dir": str(run_dir)}
+    return fit_and_report(cfg, run_dir, start, "BBC News test articles",
+                          lambda data: save_text_samples(list(data.test.texts), run_dir / "samples.csv"))

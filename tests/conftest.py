@@ -10,6 +10,34 @@ import torch
 
 from headstart.data import from_arrays
 
+# The start of every two-process script: imports, the tiny separable data set and a seeded toy model.
+DDP_PREAMBLE = """
+import os, sys, torch
+sys.path.insert(0, {tests!r})
+import headstart as hs
+from conftest import separable_images
+from headstart.data import from_arrays
+x, y = separable_images()
+data = from_arrays(x, y, classes=["a", "b", "c"], val_fraction=0.25, seed=0, name="tiny")
+torch.manual_seed(0)
+model = hs.create_model("toy:cnn", 3)
+"""
+
+
+def run_two_processes(script_template: str, tmp_path) -> None:
+    """Run a script (formatted with `tests` and `out`) under `torchrun` with two CPU processes (gloo)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "ddp.py"
+    script.write_text(script_template.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 # Tests never write to the user's feature cache.
 os.environ["HEADSTART_CACHE"] = tempfile.mkdtemp(prefix="headstart-test-cache-")
 

@@ -24,7 +24,7 @@ def test_parse_budget():
 
 
 @pytest.mark.parametrize("kw, expected", [
-    (dict(per_class=5), "linear-probe"),                                  # few-shot
+    (dict(per_class=5), "partial"),                                       # few-shot: the last groups only
     (dict(probe_accuracy=0.99), "linear-probe"),                          # features already separate the task
     (dict(), "lp-ft"),                                                    # the strong default
     (dict(probe_accuracy=0.4, per_class=1000), "full"),                   # large shift, plenty of data
@@ -43,6 +43,11 @@ def test_budget_moves_the_choice_down_and_too_small_is_an_error():
     assert tight.strategy == "linear-probe" and any("budget" in r for r in tight.reasons)
     with pytest.raises(ConfigError, match="too small to train anything"):
         decide(s, est["linear-probe"] * 0.5)
+
+
+def test_few_shot_falls_back_to_a_probe_when_partial_does_not_fit():
+    s = signals(per_class=5, n_train=50)
+    assert decide(s, estimates(s, 5)["linear-probe"] * 1.05).strategy == "linear-probe"
 
 
 def test_small_data_gets_l2sp():
@@ -85,3 +90,15 @@ def test_race_runs_when_the_budget_allows_and_its_winner_is_chosen(tiny_data):
     assert d.strategy == best["strategy"] or best["val_accuracy"] == d.race[0]["val_accuracy"]
     assert any("race" in r for r in d.reasons)
     assert choose(hs.create_model("toy:cnn", 3), tiny_data, None, epochs=2).race is None
+
+
+def test_no_race_on_a_handful_of_samples_and_an_empty_training_split_is_an_error(tiny_data, tmp_path):
+    from headstart.data import DataSplits, subsample_per_class
+    from headstart.errors import DataError
+
+    few = DataSplits(subsample_per_class(tiny_data.train, 1, None, 0), tiny_data.val, None, tiny_data.classes, "few")
+    d = choose(hs.create_model("toy:cnn", 3), few, "1h", epochs=2, seed=0)
+    assert d.race is None and any(r.startswith("no race") for r in d.reasons)
+    empty = DataSplits(tiny_data.train.subset([]), tiny_data.val, None, tiny_data.classes, "empty")
+    with pytest.raises(DataError, match="training split is empty"):
+        hs.fit(hs.create_model("toy:cnn", 3), empty, "linear-probe", out=tmp_path / "r", progress=False)

@@ -5,6 +5,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import DDP_PREAMBLE
 
 import headstart as hs
 from headstart.data import make_batcher
@@ -148,16 +149,8 @@ def test_partial_fine_tune_on_cached_prefix_matches_the_uncached_run(tiny_data, 
     assert [h["val/accuracy"] for h in h_cached] == [h["val/accuracy"] for h in h_plain]
 
 
-DDP_SCRIPT = """
-import json, os, sys, torch
-sys.path.insert(0, {tests!r})
-import headstart as hs
-from conftest import separable_images
-from headstart.data import from_arrays
-x, y = separable_images()
-data = from_arrays(x, y, classes=["a", "b", "c"], val_fraction=0.25, seed=0, name="tiny")
-torch.manual_seed(0)
-model = hs.create_model("toy:cnn", 3)
+DDP_SCRIPT = DDP_PREAMBLE + """
+import json
 seen = []
 forward = model.backbone.forward_features
 model.backbone.forward_features = lambda x: seen.append(len(x)) or forward(x)
@@ -173,20 +166,12 @@ def test_ddp_shards_extraction_and_keeps_the_head_in_sync(tmp_path):
     # Two processes: each extracts half the batches, both receive every row, rank 0 writes the file, and the
     # head trains on cached features with its gradients averaged, so both ranks end with the same head.
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    from conftest import separable_images
+    from conftest import run_two_processes, separable_images
+
     from headstart.data import from_arrays
 
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
-    torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_two_processes(DDP_SCRIPT, tmp_path)
     a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert all(torch.equal(a[k], b[k]) for k in a)
     torch.manual_seed(0)

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import DDP_PREAMBLE
 
 import headstart as hs
 from headstart.bundle import load_model, save_bundle
@@ -344,16 +345,7 @@ def test_regularisers_combine_with_any_strategy_and_cached_features(tiny_data, t
     assert len(run.history) == 2 and all(r["train/loss"] > 0 for r in run.history)
 
 
-DDP_SCRIPT = """
-import os, sys, torch
-sys.path.insert(0, {tests!r})
-import headstart as hs
-from conftest import separable_images
-from headstart.data import from_arrays
-x, y = separable_images()
-data = from_arrays(x, y, classes=["a", "b", "c"], val_fraction=0.25, seed=0, name="tiny")
-torch.manual_seed(0)
-model = hs.create_model("toy:cnn", 3)
+DDP_SCRIPT = DDP_PREAMBLE + """
 hs.fit(model, data, "gradual", unfreeze_every=1, epochs=3, lr=0.01, batch_size=8, progress=False, cache="off",
        out={out!r} + "/run")
 torch.save(model.state_dict(), {out!r} + "/rank" + os.environ["RANK"] + ".pt")
@@ -363,16 +355,9 @@ torch.save(model.state_dict(), {out!r} + "/rank" + os.environ["RANK"] + ".pt")
 def test_unfreezing_under_ddp_keeps_every_rank_in_sync(tmp_path):
     # DDP registers the parameters that need gradients when it wraps the model: without re-wrapping after
     # unfreezing, each rank would train its newly unfrozen layers on its own half of the data and drift apart.
-    import subprocess
-    import sys
-    from pathlib import Path
+    from conftest import run_two_processes
 
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
-    torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_two_processes(DDP_SCRIPT, tmp_path)
     a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert [k for k in a if k.endswith(("weight", "bias")) and not torch.equal(a[k], b[k])] == []
     groups = [g["name"] for g in load_checkpoint(tmp_path / "run")["optimizer"]["param_groups"]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -198,3 +199,16 @@ def test_run_folder_contents(tiny_data, tmp_path):
 def test_batches_cover_the_data_once_per_epoch():
     seen = torch.cat(list(iterate_batches(50, 8, shuffle=True, seed=1, epoch=3)))
     assert sorted(seen.tolist()) == list(range(50))
+
+
+def test_compile_option_trains_the_same_model(tiny_data, tmp_path):
+    # torch.compile changes kernels, not the maths: the same losses and a model saved without compile wrappers.
+    losses = []
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        model = hs.create_model("toy:mlp", 3)
+        run = hs.fit(model, tiny_data, "full", epochs=2, lr=0.01, precision="fp32", compile=compile_,
+                     out=tmp_path / f"c{compile_}", **FAST)
+        losses.append([r["train/loss"] for r in run.history])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
+    assert not any("_orig_mod" in k for k in hs.load(tmp_path / "cTrue").model.state_dict())

@@ -20,7 +20,7 @@ import torch
 from ..errors import DataError
 from .batcher import BATCHERS
 from .batches import iterate_batches
-from .images import DataSplits, row_indices, stratified_split
+from .images import DataSplits, hash_tensor, row_indices, stratified_split
 
 Text = Union[str, tuple[str, str]]
 TEXT_FILE_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet")
@@ -92,7 +92,7 @@ class TextData:
         h = hashlib.sha256()
         h.update(json.dumps([len(self), str(self.targets.dtype), list(self.targets.shape), self.classes]).encode())
         h.update(json.dumps(self.texts, ensure_ascii=False).encode("utf-8"))
-        h.update(memoryview(self.targets.detach().cpu().contiguous().numpy()).cast("B"))
+        hash_tensor(h, self.targets)
         return h.hexdigest()
 
 
