@@ -323,11 +323,36 @@ def worker_main(argv: list[str]) -> None:
     print(json.dumps(result))
 
 
+FT_MODELS = ("timm:resnet50", LITE0[0])
+
+
+def ft_markdown(model: str, r: dict) -> list[str]:
+    """Section b's table for one model."""
+    lines = [f"## b. Full fine-tuning throughput, {model}, batch 32, 224 px", "",
+             "| trainer | images/s | bf16 | channels_last | peak RSS MB | vs textbook fp32 |", "|---|---|---|---|---|---|"]
+    base = r["ft-textbook"].get("images_per_s")
+    for name, row in r.items():
+        if "error" in row:
+            lines.append(f"| {name} | failed: {row['error'][:80]} | | | | |")
+            continue
+        lines.append(f"| {name} | {row['images_per_s']:.1f} | {row['bf16']} | {row['channels_last']} | "
+                     f"{row['peak_rss_mb']:.0f} | {row['images_per_s'] / base:.2f}x |")
+    hs_row = r.get("ft-headstart", {})
+    if "loop_images_per_s" in hs_row:
+        lines += ["", f"headstart's figure is `fit` end to end (set-up, one validation pass, checkpoint and "
+                  f"best bundle written in the background); its training loop alone ran "
+                  f"{hs_row['loop_images_per_s']:.1f} images/s. The textbook loop and the peers train on "
+                  "tensors prepared before timing; headstart decodes and resizes each batch itself."]
+    return lines + [""]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes: a few minutes")
     p.add_argument("--only", default="a,b,c,d", help="sections to run: a (linear probe), b (fine-tune), c (FLOP/s), "
                                                     "d (partial fine-tuning with and without the prefix cache)")
+    p.add_argument("--models", default=",".join(FT_MODELS), help="section b's models (the others keep their "
+                   "earlier rows)")
     args = p.parse_args()
     here = str(Path(__file__).resolve())
     lp = ["--per-class", "20", "--test-per-class", "20", "--epochs", "3"] if args.quick else \
@@ -337,6 +362,8 @@ def main() -> None:
     lines: list[str] = []
     md: dict[str, str] = {}  # section -> its markdown, so a partial run (--only) keeps the other sections
     sections = set(args.only.split(","))
+    name = "speed" + ("_quick" if args.quick else "")
+    previous = RESULTS / f"{name}.json"  # sections (and section b's models) not rerun keep their earlier results
     if "a" in sections:
         for name in ("lp-taught", "lp-corrected", "lp-headstart"):
             record["lp"][name] = run_worker(here, [name, *lp])
@@ -352,7 +379,12 @@ def main() -> None:
     if "a" in sections:
         md["a"], lines = "\n".join(lines), []
     if "b" in sections:
-        for model in ("timm:resnet50", LITE0[0]):
+        previous_ft = json.loads(previous.read_text()).get("ft", {}) if previous.exists() else {}
+        for model in FT_MODELS:
+            if model not in args.models.split(","):
+                if model in previous_ft:  # not rerun: keep its earlier rows
+                    record["ft"][model] = previous_ft[model]
+                continue
             record["ft"][model] = {}
             for name in ("ft-textbook", "ft-headstart", "ft-hf", "ft-lightning"):
                 try:
@@ -360,23 +392,8 @@ def main() -> None:
                 except Exception as e:  # a missing peer must not lose the other results
                     record["ft"][model][name] = {"error": str(e)[-500:]}
                 print(model, name, record["ft"][model][name], flush=True)
-            r = record["ft"][model]
-            lines += [f"## b. Full fine-tuning throughput, {model}, batch 32, 224 px", "",
-                      "| trainer | images/s | bf16 | channels_last | peak RSS MB | vs textbook fp32 |", "|---|---|---|---|---|---|"]
-            hs_row = r.get("ft-headstart", {})
-            base = r["ft-textbook"].get("images_per_s")
-            for name, row in r.items():
-                if "error" in row:
-                    lines.append(f"| {name} | failed: {row['error'][:80]} | | | | |")
-                    continue
-                lines.append(f"| {name} | {row['images_per_s']:.1f} | {row['bf16']} | {row['channels_last']} | "
-                             f"{row['peak_rss_mb']:.0f} | {row['images_per_s'] / base:.2f}x |")
-            if "loop_images_per_s" in hs_row:
-                lines += ["", f"headstart's figure is `fit` end to end (set-up, one validation pass, checkpoint and "
-                          f"best bundle written in the background); its training loop alone ran "
-                          f"{hs_row['loop_images_per_s']:.1f} images/s. The textbook loop and the peers train on "
-                          "tensors prepared before timing; headstart decodes and resizes each batch itself."]
-            lines.append("")
+        for model, r in record["ft"].items():
+            lines += ft_markdown(model, r)
     if "b" in sections:
         md["b"], lines = "\n".join(lines), []
     if "c" in sections:
@@ -428,8 +445,6 @@ def main() -> None:
         lines.append("")
     if "d" in sections:
         md["d"] = "\n".join(lines)
-    name = "speed" + ("_quick" if args.quick else "")
-    previous = RESULTS / f"{name}.json"
     if previous.exists():  # keep the sections this run did not redo
         old = json.loads(previous.read_text())
         for key, section in (("lp", "a"), ("ft", "b"), ("flops", "c"), ("partial", "d")):

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from .atomic import atomic_write
+from .fold import inference_module
 from .run.loop import to_device
 from .run.precision import autocast
 
@@ -97,11 +98,15 @@ def extract_features(backbone: nn.Module, batcher, *, batch_size: int = 128, bf1
     backbone.eval()
     outs, order = [], []
     batches = batcher.order(batch_size, shuffle=False, seed=0, epoch=0)[rank::world]
+    frozen = None  # an inference copy of the backbone (BatchNorm and padding folded), built on the first batch
     try:
         for idx in progress(batches) if progress else batches:
             x = to_device(batcher.inputs(idx, generator), device, channels_last)
+            if frozen is None:
+                sample = {k: v[:2] for k, v in x.items()} if isinstance(x, dict) else x[:2]
+                frozen = inference_module(backbone, lambda m: m.forward_features(sample))
             with autocast(device, bf16):
-                outs.append(backbone.forward_features(x).float().cpu())
+                outs.append(frozen.forward_features(x).float().cpu())
             order.append(idx)
     finally:
         backbone.train(was_training)

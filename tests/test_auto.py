@@ -7,7 +7,7 @@ import pytest
 
 import headstart as hs
 from headstart.errors import ConfigError
-from headstart.strategies.auto import Signals, choose, decide, estimates, parse_budget
+from headstart.strategies.auto import Signals, choose, decide, estimates, parse_budget, race
 
 
 def signals(**kw) -> Signals:
@@ -26,8 +26,12 @@ def test_parse_budget():
 @pytest.mark.parametrize("kw, expected", [
     (dict(per_class=5), "partial"),                                       # few-shot: the last groups only
     (dict(probe_accuracy=0.99), "linear-probe"),                          # features already separate the task
-    (dict(), "lp-ft"),                                                    # the strong default
+    (dict(per_class=50, n_train=500), "lp-ft"),                           # the default below 100 per class
+    (dict(), "full"),                                                     # plenty of data
     (dict(probe_accuracy=0.4, per_class=1000), "full"),                   # large shift, plenty of data
+    (dict(modality="text", params_m=22.6, per_class=50), "full"),         # BERT-family encoders: the BERT recipe
+    (dict(modality="text", params_m=22.6, per_class=5), "full"),          # ... already at 5 per class
+    (dict(modality="text", params_m=22.6, per_class=2), "partial"),       # below that, the few-shot rule
     (dict(modality="text", params_m=110), "lora"),                        # big encoder
 ])
 def test_rules_without_a_budget(kw, expected):
@@ -35,7 +39,7 @@ def test_rules_without_a_budget(kw, expected):
 
 
 def test_budget_moves_the_choice_down_and_too_small_is_an_error():
-    s = signals()
+    s = signals(per_class=50, n_train=500)
     est = estimates(s, 5)
     assert est["linear-probe"] < est["partial"] < est["lp-ft"]
     assert decide(s, est["lp-ft"] * 2).strategy == "lp-ft"
@@ -43,6 +47,21 @@ def test_budget_moves_the_choice_down_and_too_small_is_an_error():
     assert tight.strategy == "linear-probe" and any("budget" in r for r in tight.reasons)
     with pytest.raises(ConfigError, match="too small to train anything"):
         decide(s, est["linear-probe"] * 0.5)
+
+
+def test_plenty_of_data_trains_everything_for_the_epochs_the_budget_allows():
+    s = signals()
+    d = decide(s, estimates(s, 4)["full"] * 1.01, epochs=5)
+    assert d.strategy == "full" and d.train["epochs"] == 4
+    assert decide(s, estimates(s, 2)["full"] * 1.01, epochs=5).strategy != "full"  # 2 epochs are too few
+
+
+def test_estimates_charge_the_shift_measurement_to_strategies_that_cannot_reuse_it():
+    measured, unmeasured = estimates(signals(), 5), estimates(signals(probe_accuracy=None), 5)
+    for name in ("full", "lora", "partial"):
+        assert measured[name] > unmeasured[name]
+    for name in ("linear-probe", "lp-ft"):  # they reuse the cached features of the measurement
+        assert measured[name] == unmeasured[name]
 
 
 def test_few_shot_falls_back_to_a_probe_when_partial_does_not_fit():
@@ -84,10 +103,19 @@ def test_auto_rejects_other_strategy_options(tiny_data, tmp_path):
 
 
 def test_race_runs_when_the_budget_allows_and_its_winner_is_chosen(tiny_data):
-    d = choose(hs.create_model("toy:cnn", 3), tiny_data, "1h", epochs=2, seed=0)
+    from conftest import separable_images
+
+    from headstart.data import from_arrays
+
+    x, y = separable_images(48)  # a third still holds 12 per class: the same regime as the whole
+    data = from_arrays(x, y, classes=["a", "b", "c"], val_fraction=0.25, seed=0, name="race")
+    d = choose(hs.create_model("toy:cnn", 3), data, "1h", epochs=2, seed=0)
     assert d.race is not None and len(d.race) == 2
-    best = max(d.race, key=lambda r: r["val_accuracy"])
-    assert d.strategy == best["strategy"] or best["val_accuracy"] == d.race[0]["val_accuracy"]
+    mine, other = d.race
+    # The runner-up wins only by more than the validation accuracy's standard error.
+    p = min(max((mine["val_accuracy"] + other["val_accuracy"]) / 2, 0.05), 0.95)
+    margin = (p * (1 - p) / len(data.val)) ** 0.5
+    assert (d.strategy == other["strategy"]) == (other["val_accuracy"] > mine["val_accuracy"] + margin)
     assert any("race" in r for r in d.reasons)
     assert choose(hs.create_model("toy:cnn", 3), tiny_data, None, epochs=2).race is None
 
@@ -102,3 +130,12 @@ def test_no_race_on_a_handful_of_samples_and_an_empty_training_split_is_an_error
     empty = DataSplits(tiny_data.train.subset([]), tiny_data.val, None, tiny_data.classes, "empty")
     with pytest.raises(DataError, match="training split is empty"):
         hs.fit(hs.create_model("toy:cnn", 3), empty, "linear-probe", out=tmp_path / "r", progress=False)
+
+
+def test_no_race_when_a_third_of_the_data_falls_under_another_rule(tiny_data):
+    # 130 per class: full fine-tuning; a third of that (43 per class) is LP-FT territory, so a race there
+    # would judge another regime (on digits it picked LP-FT, 3 points worse on the whole data).
+    d = decide(signals(per_class=130, n_train=1300), None)
+    assert d.strategy == "full"
+    race(hs.create_model("toy:cnn", 3), tiny_data, d, budget_s=1e9, epochs=5)
+    assert d.race is None and d.strategy == "full" and any("different regime" in r for r in d.reasons)

@@ -151,6 +151,8 @@ def test_partial_fine_tune_on_cached_prefix_matches_the_uncached_run(tiny_data, 
 
 DDP_SCRIPT = DDP_PREAMBLE + """
 import json
+import headstart.features
+headstart.features.inference_module = lambda module, run: module  # count only the extraction's own rows
 seen = []
 forward = model.backbone.forward_features
 model.backbone.forward_features = lambda x: seen.append(len(x)) or forward(x)

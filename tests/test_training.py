@@ -155,6 +155,17 @@ def test_existing_run_folder_is_never_overwritten(tiny_data, tmp_path):
     assert (tmp_path / "r" / "metrics.jsonl").read_text() == before
 
 
+def test_a_tie_on_val_accuracy_goes_to_the_lower_val_loss(tiny_data, tmp_path):
+    model = hs.create_model("toy:cnn", 3)
+    run = hs.fit(model, tiny_data, "full", epochs=5, out=tmp_path / "r", lr=0.01, **FAST)
+    acc = [h["val/accuracy"] for h in run.history]
+    loss = [h["val/loss"] for h in run.history]
+    top = [i for i, a in enumerate(acc) if a == max(acc)]
+    assert len(top) >= 2, "separable data should reach its best val accuracy in more than one epoch"
+    assert run.best_epoch == min(top, key=lambda i: loss[i]) + 1  # not simply the first of the tied epochs
+    assert run.best_metrics["val/loss"] == min(loss[i] for i in top)
+
+
 def test_early_stopping_stops_when_the_metric_stalls(tiny_data, tmp_path):
     model = hs.create_model("toy:cnn", 3)
     run = hs.fit(model, tiny_data, "linear-probe", epochs=6, lr=1e-9, out=tmp_path / "r",
