@@ -329,7 +329,8 @@ FT_MODELS = ("timm:resnet50", LITE0[0])
 def ft_markdown(model: str, r: dict) -> list[str]:
     """Section b's table for one model."""
     lines = [f"## b. Full fine-tuning throughput, {model}, batch 32, 224 px", "",
-             "| trainer | images/s | bf16 | channels_last | peak RSS MB | vs textbook fp32 |", "|---|---|---|---|---|---|"]
+             "| trainer | images/s | bf16 | channels_last | peak RSS MB | vs textbook fp32 |",
+             "|---|---|---|---|---|---|"]
     base = r["ft-textbook"].get("images_per_s")
     for name, row in r.items():
         if "error" in row:

@@ -107,7 +107,8 @@ def plain_loop_worker(quick: bool) -> dict:
     from headstart.backbones.hf_source import TEXT_PACKAGES
 
     torch.manual_seed(0)
-    data = hs.datasets.load("bbc-news", seed=0, val_fraction=0.0, **({"subset": 10, "test_subset": 10} if quick else {}))
+    subset = {"subset": 10, "test_subset": 10} if quick else {}
+    data = hs.datasets.load("bbc-news", seed=0, val_fraction=0.0, **subset)
     texts, labels = list(data.train.texts), data.train.targets
     folder = TEXT_PACKAGES.get("all-minilm-l6-v2").folder()
     tok, encoder = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder)
@@ -123,7 +124,8 @@ def plain_loop_worker(quick: bool) -> dict:
     opt = torch.optim.AdamW(list(encoder.parameters()) + list(head.parameters()), lr=5e-5, weight_decay=0.01)
     total = epochs * math.ceil(len(texts) / batch)
     warm = max(1, total // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (i + 1) / warm if i < warm else (total - i) / (total - warm))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: (i + 1) / warm if i < warm else (total - i) / (total - warm))
     start = time.perf_counter()
     for _ in range(epochs):
         encoder.train()

@@ -181,8 +181,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
                 raise ConfigError(f"early_stopping.metric {monitor!r} is not logged; choose one of "
                                   f"{', '.join(k for k in row if '/' in k)}")
             improved = best is None or (row[monitor] > best if mode == "max" else row[monitor] < best)
-            # A tie on a coarse metric (a small val split often scores 1.0 every epoch) goes to the lower val loss,
-            # not to the earliest epoch: BBC at 2% val kept epoch 1 of 2 that way (0.957 on test).
+            # A tie on a coarse metric (a small val split often scores every epoch alike) goes to the lower val
+            # loss, not simply to the earliest epoch.
             tie = (best is not None and row[monitor] == best and best_loss is not None
                    and row.get("val/loss", math.inf) < best_loss)
             if improved or tie:
@@ -195,8 +195,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
             if accelerator.is_main_process:
                 append_metrics(run_dir, row)
                 state = snapshot({"epoch": epoch + 1, "model": core.state_dict(), "optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "best": best, "best_loss": best_loss,
-                                  "best_epoch": best_epoch, "bad_epochs": bad_epochs, "stopped": stopped})
+                                  "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "best": best,
+                                  "best_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "stopped": stopped})
                 writer.submit(lambda state=state: save_checkpoint(run_dir, state))
             if show:
                 print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))

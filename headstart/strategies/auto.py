@@ -7,12 +7,12 @@ throughput), and a time budget. It writes its reasons. Where the budget leaves r
 race of the two leading candidates on a third of the data confirms the heuristic instead of trusting it.
 
 Why these rules (evidence: the strategy grid in bench/results and the literature):
-- very few samples per class (< 10 for images, < 5 for text): fine-tuning everything overfits, yet the grid put partial fine-tuning of
-  the last group above a linear probe at 1 and 5 per class (Fashion-MNIST 0.457 vs 0.419, BBC 0.829 vs
-  0.802), so partial, on cached activations; a linear probe when even that does not fit the budget;
+- very few samples per class (< 10 for images, < 5 for text): fine-tuning everything overfits, yet the grid
+  put partial fine-tuning of the last group above a linear probe at 1 and 5 per class (Fashion-MNIST 0.457 vs
+  0.419, BBC 0.829 vs 0.802), so partial, on cached activations; a linear probe when even that does not fit;
 - features that already separate the task (linear-probe proxy >= 0.97): a linear probe is as good and
   10-25x cheaper on a CPU;
-- text encoders (no BatchNorm) with 10 or more samples per class: full fine-tuning at the BERT rate (Devlin
+- text encoders (no BatchNorm) with 5 or more samples per class: full fine-tuning at the BERT rate (Devlin
   et al. 2019); the grid's BBC cells put it above LP-FT at 5 and 50 per class (0.840 vs 0.732, 0.921 vs 0.905);
 - images with FULL_PER_CLASS (120) or more samples per class: full fine-tuning, which re-fits BatchNorm and
   the early layers that LP-FT keeps. The threshold sits between the grid's two points, so it is fitted in
@@ -42,8 +42,8 @@ from ..errors import ConfigError
 # 2-core machines for inference, a quarter for training steps (ASSETS.md: 22-69% of peak achieved).
 # Fixed numbers keep the decision deterministic for a given model, data, seed and budget.
 INFER_GFLOPS = 300.0
-FULL_PER_CLASS = 120  # images: from this many samples per class, full fine-tuning (see the rules above)
 TRAIN_GFLOPS = 120.0
+FULL_PER_CLASS = 120  # images: from this many samples per class, full fine-tuning (see the rules above)
 DECISION_FILE = "auto.json"
 
 # Peak AdamW rates per modality, from the strategy grid (bench/strategy_grid.py): pretrained CNNs fine-tune at
@@ -182,7 +182,8 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
     elif s.per_class >= FULL_PER_CLASS and affordable_epochs("full") >= 3:
         choice = "full"
         train["epochs"] = affordable_epochs("full")
-        shift = f"; large domain shift (linear-probe proxy {probe:.3f} < 0.6)" if probe is not None and probe < 0.6 else ""
+        large_shift = probe is not None and probe < 0.6
+        shift = f"; large domain shift (linear-probe proxy {probe:.3f} < 0.6)" if large_shift else ""
         reasons.append(f"{s.per_class:.0f} samples per class{shift}: full fine-tuning re-fits BatchNorm and the "
                        f"early layers that LP-FT keeps, {train['epochs']} epochs fit the budget")
     elif affordable_epochs("lp-ft") >= 2:
