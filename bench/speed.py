@@ -363,8 +363,8 @@ def main() -> None:
     lines: list[str] = []
     md: dict[str, str] = {}  # section -> its markdown, so a partial run (--only) keeps the other sections
     sections = set(args.only.split(","))
-    name = "speed" + ("_quick" if args.quick else "")
-    previous = RESULTS / f"{name}.json"  # sections (and section b's models) not rerun keep their earlier results
+    result_name = "speed" + ("_quick" if args.quick else "")  # the loops below reuse `name`
+    previous = RESULTS / f"{result_name}.json"  # sections (and section b's models) not rerun keep their earlier results
     if "a" in sections:
         for name in ("lp-taught", "lp-corrected", "lp-headstart"):
             record["lp"][name] = run_worker(here, [name, *lp])
@@ -454,7 +454,7 @@ def main() -> None:
                 md.setdefault(section, old.get("md", {}).get(section, ""))
     record["md"] = md
     header = f"# Speed benchmark ({record['mode']} mode; sections run on: see speed.json)\n\n"
-    save(name, record, header + "\n".join(md[k] for k in "abcd" if md.get(k)))
+    save(result_name, record, header + "\n".join(md[k] for k in "abcd" if md.get(k)))
 
 
 if __name__ == "__main__":

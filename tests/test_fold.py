@@ -60,6 +60,40 @@ def test_timm_batchnorm_act_and_same_padding_fold(size):
         torch.testing.assert_close(folded(other), net(other), rtol=1e-3, atol=1e-4)
 
 
+def _lite0_with_statistics():
+    timm = pytest.importorskip("timm")
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0).eval()
+    _randomise_statistics(net)
+    return net
+
+
+def _relu6_norms(net: nn.Module) -> int:
+    return sum(type(m).__name__ == "BatchNormAct2d" and isinstance(m.act, nn.ReLU6) for m in net.modules())
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN post-ops need an mkldnn build")
+def test_activations_fuse_into_their_convolutions_in_fp32_and_bf16(monkeypatch):
+    import headstart.fold as fold
+
+    net = _lite0_with_statistics()
+    x = torch.randn(2, 3, 64, 64)
+    folded, n = fold_for_inference(net, lambda m: m(x))
+    assert n["activation"] == _relu6_norms(net) > 0  # every ReLU6 of Lite0 sits in a norm after a convolution
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-3, atol=1e-4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fused = folded(x).float()
+    # Without the op the same folds run the activation separately: bf16 results must agree with the fused ones
+    # (against the fp32 original, bf16 on random statistics is off by whole units either way).
+    monkeypatch.setattr(fold, "_FUSED_OP", None)
+    unfused, n = fold_for_inference(net, lambda m: m(x))
+    assert n["activation"] == 0 and n["batchnorm"] > 0
+    with torch.no_grad():
+        torch.testing.assert_close(unfused(x), net(x), rtol=1e-3, atol=1e-4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.testing.assert_close(fused, unfused(x).float(), rtol=1e-2, atol=1e-2)
+
+
 class _ResidualBeforeNorm(nn.Module):
     """The convolution's output also feeds a residual sum: folding the norm would change that sum."""
 
@@ -77,7 +111,7 @@ def test_a_fold_that_changes_the_function_is_refused():
     _randomise_statistics(net)
     x = torch.randn(2, 3, 8, 8)
     folded, n = fold_for_inference(net, lambda m: m(x))
-    assert folded is net and n == {"batchnorm": 0, "padding": 0}
+    assert folded is net and n == {"batchnorm": 0, "padding": 0, "activation": 0}
 
 
 def test_nothing_to_fold_returns_the_module_without_running_it():

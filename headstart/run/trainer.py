@@ -27,6 +27,7 @@ from .loop import evaluate_split, train_epoch
 from .optim import build_optimizer, build_scheduler, regroup
 from .dropout import install as install_fast_dropout
 from .precision import resolve_channels_last, resolve_precision
+from .selection import BestEpoch
 
 METRICS_FILE, CONFIG_FILE, TEST_FILE = "metrics.jsonl", "config.yaml", "test_metrics.json"
 
@@ -117,14 +118,15 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
                                 round(cfg.warmup_epochs * steps_per_epoch), cfg.scheduler)
     objective = with_regularizers(make_objective(model, data, cfg), strat.regularizers(model))  # before any resume
     monitor, mode = monitored_metric(model, cfg)
-    best, best_loss, best_epoch, bad_epochs, stopped = (None, None, 0, 0, False)
+    kept = BestEpoch(monitor, mode, len(data.val) if data.val is not None else 0)
+    bad_epochs, stopped = 0, False
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        best, best_epoch, bad_epochs, stopped = state["best"], state["best_epoch"], state["bad_epochs"], state["stopped"]
-        best_loss = state.get("best_loss")
+        kept.load_state_dict(state)
+        bad_epochs, stopped = state["bad_epochs"], state["stopped"]
     model = accelerator.prepare(model)
     core = accelerator.unwrap_model(model)
     # torch.compile (opt-in): measured 0 to -14% for CPU training steps here (ASSETS.md), +7-9% for inference.
@@ -180,13 +182,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
             if monitor not in row:
                 raise ConfigError(f"early_stopping.metric {monitor!r} is not logged; choose one of "
                                   f"{', '.join(k for k in row if '/' in k)}")
-            improved = best is None or (row[monitor] > best if mode == "max" else row[monitor] < best)
-            # A tie on a coarse metric (a small val split often scores every epoch alike) goes to the lower val
-            # loss, not simply to the earliest epoch.
-            tie = (best is not None and row[monitor] == best and best_loss is not None
-                   and row.get("val/loss", math.inf) < best_loss)
-            if improved or tie:
-                best, best_loss, best_epoch, bad_epochs = row[monitor], row.get("val/loss"), epoch + 1, 0
+            if kept.offer(row[monitor], row.get("val/loss"), epoch + 1):  # see selection.py for the rule
+                bad_epochs = 0
                 if accelerator.is_main_process:
                     writer.submit(bundle_writer(core, run_dir / "best", {"epoch": epoch + 1, "metrics": row, **data_meta}))
             else:
@@ -195,8 +192,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
             if accelerator.is_main_process:
                 append_metrics(run_dir, row)
                 state = snapshot({"epoch": epoch + 1, "model": core.state_dict(), "optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "best": best,
-                                  "best_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "stopped": stopped})
+                                  "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                                  **kept.state_dict(), "bad_epochs": bad_epochs, "stopped": stopped})
                 writer.submit(lambda state=state: save_checkpoint(run_dir, state))
             if show:
                 print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
@@ -206,6 +203,7 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         writer.close()
 
     history = read_metrics(run_dir)
+    best_epoch = kept.epoch
     best_row = next((r for r in history if r["epoch"] == best_epoch), {})
     test_metrics = None
     if data.test is not None and best_epoch:
