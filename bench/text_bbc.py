@@ -94,9 +94,40 @@ def step_worker(name: str, quick: bool) -> dict:
             "peak_rss_mb": round(peak_rss_mb())}
 
 
-def plain_loop_worker(quick: bool) -> dict:
+# Variants of the plain loop, run only when named in --only ("plain-sweep" names them all): its spread across
+# seeds, rates and splits is what a single headstart run can be compared against. "fast" adds headstart's two
+# CPU speed-ups (fast dropout masks, fused AdamW), which change the random stream but not the recipe; "sklearn"
+# takes the test fifth with scikit-learn's train_test_split(stratify, random_state=0) instead of headstart's.
+PLAIN_VARIANTS = {
+    "plain-transformers-loop": {},
+    "plain-loop-seed1": {"seed": 1},
+    "plain-loop-fast": {"fast": True},
+    "plain-loop-fast-lr1e-4": {"fast": True, "lr": 1e-4},
+    "plain-loop-fast-lr2e-4": {"fast": True, "lr": 2e-4},
+    "plain-loop-fast-lr3e-5-3ep": {"fast": True, "lr": 3e-5, "epochs": 3},
+    "plain-loop-fast-sklearn-split": {"fast": True, "split": "sklearn"},
+    "plain-loop-fast-sklearn-split-seed1": {"fast": True, "split": "sklearn", "seed": 1},
+}
+
+
+def _sklearn_split(quick: bool):
+    """(train texts, train labels, test texts, test labels): scikit-learn's stratified 80/20, random_state 0."""
+    from sklearn.model_selection import train_test_split
+
+    from headstart.data.datasets import _bbc_news_articles
+
+    texts, labels, _ = _bbc_news_articles()
+    train, test = train_test_split(list(range(len(texts))), test_size=0.2, stratify=list(labels), random_state=0)
+    if quick:
+        train, test = train[:50], test[:50]
+    y = torch.tensor(labels)
+    return [texts[i] for i in train], y[train], [texts[i] for i in test], y[test]
+
+
+def plain_loop_worker(name: str, quick: bool) -> dict:
     """The reference: a plain transformers fine-tune (AutoModel, mean pooling, linear head, AdamW 5e-5, 10%
-    linear warm-up then linear decay, batch 16, 2 epochs, bf16 autocast, 128 tokens) on the whole 80%."""
+    linear warm-up then linear decay, batch 16, 2 epochs, bf16 autocast, 128 tokens) on the whole 80%;
+    PLAIN_VARIANTS change its seed, rate, epochs, split or speed-ups."""
     import math
     import os
 
@@ -106,14 +137,22 @@ def plain_loop_worker(quick: bool) -> dict:
     import headstart as hs
     from headstart.backbones.hf_source import TEXT_PACKAGES
 
-    torch.manual_seed(0)
+    v = {"lr": 5e-5, "seed": 0, "epochs": 2, "split": "headstart", "fast": False, **PLAIN_VARIANTS[name]}
+    torch.manual_seed(v["seed"])
     subset = {"subset": 10, "test_subset": 10} if quick else {}
     data = hs.datasets.load("bbc-news", seed=0, val_fraction=0.0, **subset)
     texts, labels = list(data.train.texts), data.train.targets
+    test_texts, test_labels = list(data.test.texts), data.test.targets
+    if v["split"] == "sklearn":
+        texts, labels, test_texts, test_labels = _sklearn_split(quick)
     folder = TEXT_PACKAGES.get("all-minilm-l6-v2").folder()
     tok, encoder = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder)
     head = torch.nn.Linear(encoder.config.hidden_size, len(data.classes))
-    max_length, epochs, batch = (64, 1, 16) if quick else (128, 2, 16)
+    max_length, epochs, batch = (64, 1, 16) if quick else (128, v["epochs"], 16)
+    if v["fast"]:
+        from headstart.run.dropout import install
+
+        install(encoder)
 
     def logits(batch_texts):
         enc = tok(batch_texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
@@ -121,7 +160,8 @@ def plain_loop_worker(quick: bool) -> dict:
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return head(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float())
 
-    opt = torch.optim.AdamW(list(encoder.parameters()) + list(head.parameters()), lr=5e-5, weight_decay=0.01)
+    opt = torch.optim.AdamW(list(encoder.parameters()) + list(head.parameters()), lr=v["lr"], weight_decay=0.01,
+                            fused=v["fast"])
     total = epochs * math.ceil(len(texts) / batch)
     warm = max(1, total // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -137,17 +177,17 @@ def plain_loop_worker(quick: bool) -> dict:
             sched.step()
             opt.zero_grad()
     encoder.eval()
-    test_texts = list(data.test.texts)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = torch.cat([logits(test_texts[i:i + 64]).float() for i in range(0, len(test_texts), 64)])
     wall = time.perf_counter() - start
     from headstart.metrics import accuracy, macro_f1
 
-    return {"run": "plain-transformers-loop", "strategy": "full", "test_accuracy": accuracy(out, data.test.targets),
-            "test_macro_f1": macro_f1(out, data.test.targets), "best_epoch": epochs, "fit_wall_s": round(wall, 1),
+    return {"run": name, "strategy": "full", "test_accuracy": accuracy(out, test_labels),
+            "test_macro_f1": macro_f1(out, test_labels), "best_epoch": epochs, "fit_wall_s": round(wall, 1),
             "model_load_s": 0.0, "peak_rss_mb": round(peak_rss_mb()), "train_articles": len(texts), "val_articles": 0,
             "test_articles": len(test_texts), "max_length": max_length,
-            "settings": {"epochs": epochs, "lr": 5e-5, "batch_size": batch, "precision": "bf16", "loop": "plain"}}
+            "settings": {"epochs": epochs, "lr": v["lr"], "batch_size": batch, "precision": "bf16", "loop": "plain",
+                         "seed": v["seed"], "split": v["split"], "fast_dropout_fused_adamw": v["fast"]}}
 
 
 def worker(name: str, quick: bool) -> dict:
@@ -155,8 +195,8 @@ def worker(name: str, quick: bool) -> dict:
 
     if name in STEP_VARIANTS:
         return step_worker(name, quick)
-    if name == "plain-transformers-loop":
-        return plain_loop_worker(quick)
+    if name in PLAIN_VARIANTS:
+        return plain_loop_worker(name, quick)
 
     cfg = settings(quick)[name]
     torch.manual_seed(0)
@@ -207,7 +247,7 @@ def main() -> None:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--only", default=None, help="comma-separated runs: linear-probe, full-ft-2ep-bf16, "
                         "full-ft-whole-80, full-ft-2ep-bf16-256, plain-transformers-loop, steps (the four "
-                        "training-step variants)")
+                        "training-step variants), plain-sweep (every variant of the plain loop) or a variant's name")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.quick)))
@@ -215,7 +255,9 @@ def main() -> None:
     names = list(settings(args.quick)) + ["plain-transformers-loop"] + list(STEP_VARIANTS)
     if args.only:
         wanted = args.only.split(",")
-        names = [n for n in names if n in wanted or (n in STEP_VARIANTS and "steps" in wanted)]
+        names = [n for n in names + [p for p in PLAIN_VARIANTS if p not in names]
+                 if n in wanted or (n in STEP_VARIANTS and "steps" in wanted)
+                 or (n in PLAIN_VARIANTS and "plain-sweep" in wanted)]
     results = []
     for name in names:
         print(f"running {name} ...", flush=True)
