@@ -231,7 +231,10 @@ def table(results: list[dict], quick: bool) -> str:
                   f"| {r['peak_rss_mb']} MB |" for r in fits]
         lines += ["", f"{fits[0]['test_articles']} test articles; model load {fits[0]['model_load_s']} s "
                   "(not in the fit time). Each run in a fresh process. plain-transformers-loop is the reference: "
-                  "AutoModel + mean pooling + linear head in a hand-written loop, same split.", ""]
+                  "AutoModel + mean pooling + linear head in a hand-written loop, same split. plain-loop-* rows are "
+                  "its variants (PLAIN_VARIANTS): fast = with headstart's fast dropout and fused AdamW (another "
+                  "random stream, same recipe); sklearn-split = scikit-learn's stratified 80/20 split "
+                  "(random_state 0, 445 test articles) instead of headstart's.", ""]
     if steps:
         lines += ["Training step, MiniLM, batch 32 x 128 tokens, bf16 autocast (median of 10 steps after 3 warm-up "
                   "steps, each variant in its own process, side by side):", "",
