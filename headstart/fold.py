@@ -113,11 +113,11 @@ class _ConvAct(nn.Module):
                 or (padded and tuple(x.shape[-2:]) != self.conv.size)):
             return self.act(self.conv(x))
         if dtype not in self._cast:  # autocast would cast the weights on every call; once is enough when frozen
-            weight = self.conv.weight if padded else base.weight
-            self._cast[dtype] = (weight.to(dtype), None if base.bias is None else base.bias.to(dtype))
+            bias = None if base.bias is None else base.bias.to(dtype)
+            self._cast[dtype] = (self.conv.weight.to(dtype), bias)
         weight, bias = self._cast[dtype]
-        padding = self.conv.padding if padded else base.padding
-        return _FUSED_OP(x.to(dtype), weight, bias, list(padding), list(base.stride), list(base.dilation),
+        # a _PaddedConv carries its own (enlarged) weight and padding; the rest is the original conv's
+        return _FUSED_OP(x.to(dtype), weight, bias, list(self.conv.padding), list(base.stride), list(base.dilation),
                          base.groups, self.attr, self.scalars, "")
 
 

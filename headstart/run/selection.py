@@ -19,6 +19,11 @@ import math
 PROPORTIONS = ("val/accuracy", "val/top5")
 
 
+def proportion_se(p: float, n: int) -> float:
+    """Standard error of a proportion p measured on n samples."""
+    return math.sqrt(p * (1 - p) / max(n, 1))
+
+
 class BestEpoch:
     """The kept epoch's metric and val loss, updated online (a run can only save the epoch it is on)."""
 
@@ -34,22 +39,20 @@ class BestEpoch:
         """One standard error of a proportion at the best value seen (0 for other metrics)."""
         if not self.val_size or self.top is None:
             return 0.0
-        p = min(max(self.top, 0.0), 1.0)
-        return math.sqrt(p * (1 - p) / self.val_size)
+        return proportion_se(min(max(self.top, 0.0), 1.0), self.val_size)
 
     def offer(self, value: float, loss: float | None, epoch: int) -> bool:
         """Record an epoch's val metric and loss; True when it becomes the kept epoch."""
         v = self.sign * value
-        loss = math.inf if loss is None else loss
         self.top = v if self.top is None else max(self.top, v)
         if self.value is None:
             keep = True
         else:
             band = self.band()
-            lower_loss = self.loss is not None and loss < self.loss
+            lower_loss = loss is not None and self.loss is not None and loss < self.loss
             keep = v > self.sign * self.value + band or (v >= self.top - band and lower_loss)
         if keep:
-            self.value, self.loss, self.epoch = value, (None if math.isinf(loss) else loss), epoch
+            self.value, self.loss, self.epoch = value, loss, epoch
         return keep
 
     def state_dict(self) -> dict:

@@ -264,6 +264,7 @@ def race(model, data, decision: Decision, budget_s: float, epochs: int, *, seed:
     import tempfile
 
     from ..data import DataSplits, stratified_split
+    from ..run.selection import proportion_se
     from ..run.trainer import fit
 
     est = decision.estimates_s
@@ -309,7 +310,7 @@ def race(model, data, decision: Decision, budget_s: float, epochs: int, *, seed:
     # on the whole data LP-FT scored 10 points below.
     mine, other = results
     p = min(max((mine["val_accuracy"] + other["val_accuracy"]) / 2, 0.05), 0.95)
-    margin = math.sqrt(p * (1 - p) / max(len(data.val), 1))
+    margin = proportion_se(p, len(data.val))
     best = other if other["val_accuracy"] > mine["val_accuracy"] + margin else mine
     if best["strategy"] != decision.strategy:
         decision.reasons.append(f"race on a third of the data: {best['strategy']} ({best['val_accuracy']:.3f}) beat "
