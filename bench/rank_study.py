@@ -21,7 +21,8 @@ Per data set, hs.rank computes every score from one cold feature pass per backbo
 each backbone is fine-tuned identically (the ground truth; `--protocol lp-ft`, the default, is the recipe
 `strategy: auto` picks at 100 images per class; `--protocol full` is the first study's full fine-tune, AdamW,
 cosine): its test accuracy at the best val epoch (300 test images per class where the data set has them, so
-the ground truth's sampling error is about 1 point) and its wall time. Kendall tau (tau-b) between each score and that accuracy, per data set
+the ground truth's sampling error is about 1 point), averaged over `--seeds` fine-tunes (3 by default: one
+fine-tune's seed moved the three ImageNet Lites by as much as they differ), and its wall time. Kendall tau (tau-b) between each score and that accuracy, per data set
 and averaged, the regret of trusting the top score (best accuracy minus the top-scored backbone's), and the
 time to rank versus the time to fine-tune all backbones go to bench/results/rank_study.{json,md}
 (``_quick`` suffix in quick mode).
@@ -143,7 +144,7 @@ def _lp_ft(s: dict) -> dict:
 PROTOCOLS = {"lp-ft": _lp_ft, "full": lambda s: {"epochs": s["epochs"]}}
 
 
-def study(dataset: str, pool: dict[str, str], s: dict, tmp: Path, protocol: str = "lp-ft") -> dict:
+def study(dataset: str, pool: dict[str, str], s: dict, tmp: Path, protocol: str = "lp-ft", seeds: int = 1) -> dict:
     import headstart as hs
     from headstart.rank import parse_backbone
 
@@ -156,15 +157,20 @@ def study(dataset: str, pool: dict[str, str], s: dict, tmp: Path, protocol: str 
     for label, entry in pool.items():
         r = by_entry[entry]
         name, weights = parse_backbone(entry)
-        torch.manual_seed(0)  # the new head's initialisation: the same draw for every backbone
-        model = hs.create_model(name, weights=weights, image_size=s["image_size"])
-        run = hs.fit(model, data, protocol, out=tmp / f"ft-{dataset}-{label}", **PROTOCOLS[protocol](s),
-                     batch_size=s["batch_size"], lr=s["lr"], head_lr=s["head_lr"], seed=0, progress=False)
-        acc = (run.test_metrics or {}).get("test/accuracy")
-        rows.append({"backbone": label, "entry": entry, "scores": r.scores, "finetune_accuracy": acc,
-                     "finetune_seconds": round(run.seconds, 2), "feature_seconds": r.feature_seconds,
-                     "score_seconds": r.score_seconds, "features_cached": r.features_cached})
-        print(f"   {label}: fine-tuned test accuracy {acc:.4f} ({run.seconds:.1f} s)", flush=True)
+        accs, seconds = [], 0.0
+        for seed in range(seeds):
+            torch.manual_seed(seed)  # the new head's initialisation: the same draw for every backbone
+            model = hs.create_model(name, weights=weights, image_size=s["image_size"])
+            run = hs.fit(model, data, protocol, out=tmp / f"ft-{dataset}-{label}-{seed}", **PROTOCOLS[protocol](s),
+                         batch_size=s["batch_size"], lr=s["lr"], head_lr=s["head_lr"], seed=seed, progress=False)
+            accs.append((run.test_metrics or {}).get("test/accuracy"))
+            seconds += run.seconds
+        acc = float(np.mean(accs))
+        rows.append({"backbone": label, "entry": entry, "scores": r.scores, "finetune_accuracy": round(acc, 4),
+                     "finetune_accuracy_per_seed": accs, "finetune_seconds": round(seconds / seeds, 2),
+                     "feature_seconds": r.feature_seconds, "score_seconds": r.score_seconds,
+                     "features_cached": r.features_cached})
+        print(f"   {label}: fine-tuned test accuracy {acc:.4f} over seeds {accs} ({seconds:.1f} s)", flush=True)
     accs = [row["finetune_accuracy"] for row in rows]
     best_acc = max(accs)
     tau, regret, rank_seconds = {}, {}, {}
@@ -176,9 +182,12 @@ def study(dataset: str, pool: dict[str, str], s: dict, tmp: Path, protocol: str 
         # time to rank all backbones with this score alone: build + features (cold) + the score
         rank_seconds[score] = round(sum(row["feature_seconds"] + row["score_seconds"][score] for row in rows), 2)
     finetune_seconds = round(sum(row["finetune_seconds"] for row in rows), 2)
+    # how far one fine-tune strays from the mean of its seeds: the ground truth's own noise
+    seed_sd = (round(float(np.mean([np.std(row["finetune_accuracy_per_seed"], ddof=1) for row in rows])), 4)
+               if seeds > 1 else None)
     return {"dataset": dataset, "train": len(data.train), "val": len(data.val), "test": len(data.test),
             "rows": rows, "tau": tau, "regret": regret, "rank_seconds": rank_seconds,
-            "finetune_seconds": finetune_seconds}
+            "finetune_seconds": finetune_seconds, "seed_sd": seed_sd}
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -188,8 +197,9 @@ def table(record: dict) -> str:
     lines = [f"# Transferability ranking study{' (quick mode: toy sizes, not results)' if quick else ''}", "",
              (f"{len(s['pool'])} backbones x {len(results)} data sets, {s['image_size']} px; ground truth: "
               f"{_protocol_words(record.get('protocol', 'full'), s)} on {s['train']} images per class, test accuracy "
-              f"at the best val "
-              f"epoch ({s['test']} test images per class at most). See bench/rank_study.py for the pool and data."),
+              f"at the best val epoch ({s['test']} test images per class at most), mean over "
+              f"{record.get('seeds', 1)} seed(s) (head initialisation and batch order). See bench/rank_study.py "
+              "for the pool and data."),
              "",
              "## Kendall tau between each score and fine-tuned accuracy", "",
              "| score | " + " | ".join(r["dataset"] for r in results) + " | mean |",
@@ -198,6 +208,9 @@ def table(record: dict) -> str:
         cells = [r["tau"][score] for r in results]
         lines.append(f"| {score} | " + " | ".join("-" if t is None else f"{t:.2f}" for t in cells)
                      + f" | {_fmt(record['mean_tau'][score])} |")
+    if all(r.get("seed_sd") is not None for r in results):
+        lines += ["", "Standard deviation of one fine-tune's test accuracy across seeds (mean over backbones): "
+                  + ", ".join(f"{r['dataset']} {r['seed_sd']:.3f}" for r in results) + "."]
     lines += ["", "Regret of taking the top-scored backbone (best fine-tuned accuracy minus its accuracy):", "",
               "| score | " + " | ".join(r["dataset"] for r in results) + " |", "|---|" + "---:|" * len(results)]
     for score in SCORES:
@@ -237,6 +250,8 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated, from {', '.join(DATASETS)}")
     parser.add_argument("--protocol", default="lp-ft", choices=sorted(PROTOCOLS),
                         help="the ground truth's fine-tuning recipe (default: lp-ft, auto's pick at 100 per class)")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="fine-tunes per backbone; the ground truth is their mean test accuracy (default 3)")
     args = parser.parse_args()
     datasets = args.datasets.split(",")
     unknown = [d for d in datasets if d not in DATASETS]
@@ -246,12 +261,12 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rank-study-") as tmp:
         pool = make_pool(s["pool"], Path(tmp))
-        results = [study(d, pool, s, Path(tmp), args.protocol) for d in datasets]
+        results = [study(d, pool, s, Path(tmp), args.protocol, args.seeds) for d in datasets]
     mean_tau = {}
     for score in SCORES:
         taus = [r["tau"][score] for r in results if r["tau"][score] is not None]
         mean_tau[score] = round(float(np.mean(taus)), 4) if taus else None
-    record = {"machine": machine(), "quick": args.quick, "settings": s, "protocol": args.protocol,
+    record = {"machine": machine(), "quick": args.quick, "settings": s, "protocol": args.protocol, "seeds": args.seeds,
               "scores": list(SCORES),
               "datasets": results, "mean_tau": mean_tau,
               "logme_mean_tau_at_least_0.6": bool(mean_tau["logme"] is not None and mean_tau["logme"] >= 0.6),
