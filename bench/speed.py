@@ -88,7 +88,7 @@ def ft_settings(model) -> tuple[bool, bool]:
     """headstart's automatic choices for this model on this machine: (bf16, channels_last)."""
     from headstart.run.precision import resolve_channels_last, resolve_precision
 
-    return (resolve_precision("auto", torch.device("cpu")),
+    return (resolve_precision("auto", model, torch.device("cpu"), training=True),
             resolve_channels_last("auto", model))
 
 
@@ -154,16 +154,10 @@ class _Wrapped(nn.Module):
 
 
 def peer_setup(args):
-    """What every peer trainer starts from: the model at headstart's settings and the prepared tensors.
-
-    Precision is each peer's faster one: their bf16 autocast has no fp32 depthwise convolutions, and is 1.4x
-    slower than fp32 on a model with them (bench/results/precision_policy.md), so such models run in fp32."""
-    from headstart.run.precision import has_depthwise_conv
-
+    """What every peer trainer starts from: the model at headstart's settings and the prepared tensors."""
     torch.manual_seed(0)
     model = make_model(args.model)
     bf16, cl = ft_settings(model)
-    bf16 = bf16 and not has_depthwise_conv(model)
     if cl:
         model.to(memory_format=torch.channels_last)
     x, y = ft_data(args, model)
@@ -273,12 +267,11 @@ def step_flops(args) -> dict:
     """FLOPs of one headstart training step (forward + backward, counted), and its achieved GFLOP/s."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from headstart.run.precision import autocast, depthwise_in_fp32, pin_depthwise
+    from headstart.run.precision import autocast
 
     torch.manual_seed(0)
     model = make_model(args.model)
     bf16, cl = ft_settings(model)
-    pinned = pin_depthwise(bf16, model, torch.device("cpu"))
     model.train()
     if cl:
         model.to(memory_format=torch.channels_last)
@@ -287,7 +280,7 @@ def step_flops(args) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
-        with depthwise_in_fp32(model, enabled=pinned), autocast(torch.device("cpu"), bf16):
+        with autocast(torch.device("cpu"), bf16):
             loss = F.cross_entropy(model(x).float(), y)
         loss.backward()
         opt.step()

@@ -30,7 +30,7 @@ class Predictor:
         self.columns: dict[str, Any] | None = None  # text models: the columns the training texts came from
         device = torch.device("cpu")
         self._kwargs = dict(batch_size=batch_size, device=device,
-                            bf16=resolve_precision(precision, device),
+                            bf16=resolve_precision(precision, model, device, training=False),
                             channels_last=resolve_channels_last("auto", model))
 
     @property

@@ -208,7 +208,7 @@ def rank(backbones: Sequence[str], data: DataSplits, score: str | Sequence[str] 
         t0 = time.perf_counter()
         model = _build(entry, seed, model_kwargs, rows)
         head = _source_head(entry, model, score_names) if needs_source else None
-        bf16 = resolve_precision(precision, device)
+        bf16 = resolve_precision(precision, model, device, training=False)
         channels_last = resolve_channels_last("auto", model)
         model.to(device)
         if channels_last:

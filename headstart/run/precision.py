@@ -1,9 +1,11 @@
 """Fast numeric defaults: when bf16 autocast and channels_last pay off on this hardware.
 
 Measured on the 2-core CPU machines (ASSETS.md): bf16 + channels_last speeds up CNN inference 2-4x and most
-training steps 2x, but depthwise convolutions have a slow bf16 backward: models with them train under bf16
-autocast with their depthwise convolutions kept in fp32 (`depthwise_in_fp32`), which made an EfficientNet-Lite0
-step 1.2x faster than fp32 where plain bf16 autocast was 1.4x slower (bench/results/precision_policy.md).
+training steps 2x. Depthwise convolutions have a slow bf16 backward: under `precision: bf16` they stay in fp32
+inside the autocast (`depthwise_in_fp32`), which made an EfficientNet-Lite0 step 1.2x faster than fp32 where plain
+bf16 autocast was 1.4x slower (bench/results/precision_policy.md). `auto` still trains such models in fp32: full
+fine-tuning of Lite0 under that bf16 policy lost accuracy (digits 0.958 -> 0.919, Fashion-MNIST 0.837 -> 0.821
+in the strategy grid, bench/results/auto_vs_grid_bf16_depthwise.md).
 """
 from __future__ import annotations
 
@@ -70,9 +72,9 @@ def has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-def resolve_precision(precision: str, device: torch.device) -> bool:
-    """True when training and evaluation run under bf16 autocast. `auto` picks bf16 where the device has it
-    (faster on every model measured, depthwise ones included with `depthwise_in_fp32`)."""
+def resolve_precision(precision: str, model: nn.Module, device: torch.device, training: bool) -> bool:
+    """True when this phase runs under bf16 autocast. `auto` picks bf16 where it is measured faster and as
+    accurate: not for training a model with depthwise convolutions on a CPU (see the module's docstring)."""
     if precision == "fp32":
         return False
     if precision == "bf16":
@@ -81,7 +83,9 @@ def resolve_precision(precision: str, device: torch.device) -> bool:
         return True
     if precision != "auto":
         raise ConfigError(f"unknown precision {precision!r}; choose auto, bf16 or fp32")
-    return bf16_supported(device)
+    if not bf16_supported(device):
+        return False
+    return not (training and device.type == "cpu" and has_depthwise_conv(model))
 
 
 def pin_depthwise(bf16: bool, model: nn.Module, device: torch.device) -> bool:

@@ -102,9 +102,10 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device
-    bf16 = resolve_precision(cfg.precision, device)
-    # On CPUs a depthwise convolution's bf16 backward is slow: training steps keep those layers in fp32.
-    pinned = pin_depthwise(bf16, model, device)
+    bf16_train = resolve_precision(cfg.precision, model, device, training=model.backbone_trainable())
+    bf16_eval = resolve_precision(cfg.precision, model, device, training=False)
+    # A depthwise convolution's bf16 backward is slow on CPUs: bf16 training steps keep those layers in fp32.
+    pinned = pin_depthwise(bf16_train, model, device)
     channels_last = resolve_channels_last(cfg.channels_last, model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -138,16 +139,16 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     image_batches = make_batcher(data.train, core.spec, train=True, augment=augment)
     val_image_batches = make_batcher(data.val, core.spec, train=False)
     inputs = EpochInputs(core, data, image_batches, val_image_batches, cache=cfg.cache, augment=augment,
-                         views=cfg.cache_views, seed=cfg.seed, cache_dir=cfg.cache_dir, bf16=bf16,
+                         views=cfg.cache_views, seed=cfg.seed, cache_dir=cfg.cache_dir, bf16=bf16_eval,
                          channels_last=channels_last, batch_size=cfg.eval_batch_size, device=device,
                          processes=accelerator.num_processes, wrap=accelerator.prepare_model)
     metric_names = default_metrics(core.task, core.num_outputs)
-    eval_kwargs = dict(batch_size=cfg.eval_batch_size, bf16=bf16, channels_last=channels_last, device=device)
+    eval_kwargs = dict(batch_size=cfg.eval_batch_size, bf16=bf16_eval, channels_last=channels_last, device=device)
     show = cfg.progress and accelerator.is_main_process
     if show:
-        print(f"strategy {strat.name} (bn={strat.bn}), precision {'bf16' if bf16 else 'fp32'}"
-              f"{' (depthwise convolutions in fp32 while training)' if pinned else ''}, "
-              f"channels_last={channels_last}\n"
+        print(f"strategy {strat.name} (bn={strat.bn}), precision train={'bf16' if bf16_train else 'fp32'} "
+              f"eval={'bf16' if bf16_eval else 'fp32'}"
+              f"{' (depthwise convolutions in fp32)' if pinned else ''}, channels_last={channels_last}\n"
               + trainable_summary(core, optimizer))
 
     # Checkpoints and the best bundle are written from snapshots on a background thread: training goes on
@@ -160,6 +161,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
             if strat.changes_at(epoch):  # gradual unfreezing, LP-FT: a new trainable set and new optimizer groups
                 strat.apply(core, epoch=epoch)
                 regroup(optimizer, scheduler, strat.param_groups(core, epoch, cfg.lr, cfg.weight_decay, cfg.head_lr))
+                bf16_train = resolve_precision(cfg.precision, core, device, training=core.backbone_trainable())
+                pinned = pin_depthwise(bf16_train, core, device)
                 if accelerator.num_processes > 1:  # DDP registers the parameters that need gradients when it wraps
                     model = accelerator.prepare_model(core)
                     compiled = torch.compile(model) if cfg.compile else model
@@ -172,12 +175,12 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
             with depthwise_in_fp32(core, enabled=pinned):
                 row.update(train_epoch(step_model, objective, optimizer, scheduler, train_batches, epoch=epoch,
                                        batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                                       clip_grad_norm=cfg.clip_grad_norm, bf16=bf16 and not inputs.head_only,
+                                       clip_grad_norm=cfg.clip_grad_norm, bf16=bf16_train and not inputs.head_only,
                                        channels_last=channels_last, seed=cfg.seed, accelerator=accelerator,
                                        progress=progress_bar(show, f"epoch {epoch + 1}/{cfg.epochs}")))
             row["train_seconds"] = round(time.perf_counter() - t0, 3)
             row.update(evaluate_split(eval_model, val_batches, metric_names, "val", objective,
-                                      **{**eval_kwargs, "bf16": bf16 and not inputs.head_only}))
+                                      **{**eval_kwargs, "bf16": bf16_eval and not inputs.head_only}))
             row["lr"] = optimizer.param_groups[-1]["lr"]
             row["seconds"] = round(time.perf_counter() - t0, 3)
             row["inputs"] = inputs.used
@@ -216,7 +219,7 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         on_features = inputs.test_inputs(best_model, data.test)
         test_model, test_batches = on_features or (best_model, make_batcher(data.test, core.spec, train=False))
         test_metrics = evaluate_split(test_model, test_batches, metric_names, "test",
-                                      **{**eval_kwargs, "bf16": bf16 and on_features is None})
+                                      **{**eval_kwargs, "bf16": bf16_eval and on_features is None})
         if accelerator.is_main_process:
             atomic_write_text(run_dir / TEST_FILE, json.dumps(test_metrics, indent=2))
     extra = bundle_report(run_dir / "best")

@@ -229,7 +229,7 @@ def measure(model, data, *, seed: int = 0, cache_dir=None, max_probe: int = 4000
     device = torch.device("cpu")
     feats, _ = cached_features(model.backbone, model.spec, make_batcher(train, model.spec, train=False),
                                train.fingerprint(), cache_dir=cache_dir,
-                               bf16=resolve_precision("auto", device),
+                               bf16=resolve_precision("auto", model, device, training=False),
                                channels_last=resolve_channels_last("auto", model))
     if counts.min() >= 2:
         s.probe_accuracy = linear_probe_proxy(feats, targets, folds=min(3, int(counts[counts > 0].min())), seed=seed)
