@@ -1,11 +1,13 @@
-"""Why EfficientNet-Lite trains in fp32 on this CPU: fp32 against bf16 autocast against bf16 with the depthwise
-convolutions kept in fp32 ("mixed"), one training step at a time.
+"""Training-step speed of EfficientNet-Lite0 under three precision policies: fp32, bf16 autocast, and bf16 with
+the depthwise convolutions kept in fp32 ("mixed"), one training step at a time.
 
     python bench/precision_policy.py            # Lite0 at 224 px and its last two layer groups, batch 32 (~3 min)
     python bench/precision_policy.py --quick    # smoke test at toy sizes, not a result
 
-The "mixed" policy was a candidate default: the pointwise convolutions hold most of Lite0's FLOPs and run on
-the CPU's bf16 matrix units, while oneDNN's bf16 depthwise backward is slow. Each policy gets its own model and
+"mixed" is what `precision: bf16` does on such a model (headstart's `depthwise_in_fp32`): the pointwise
+convolutions hold most of Lite0's FLOPs and run on the CPU's bf16 matrix units, while oneDNN's bf16 depthwise
+backward is slow. It is faster, but not `auto`'s choice: full fine-tuning lost accuracy under it
+(bench/results/precision_bf16_depthwise.md). Each policy gets its own model and
 AdamW; their steps alternate in one process (the same machine state for all three), and the median step after
 two warm-up rounds is reported. Parts: the whole network on 224 px images (full fine-tuning) and the suffix that
 partial fine-tuning of the last two groups trains on the prefix cache (blocks 5-6, head conv, classifier; input
@@ -25,23 +27,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, save  # noqa: E402
 
+from headstart.run.precision import depthwise_in_fp32  # noqa: E402
+
 POLICIES = ("fp32", "bf16", "mixed")
 
 
-def _pin_depthwise_fp32(model: nn.Module) -> None:
-    """Swap every depthwise conv for a subclass that leaves autocast (same parameters)."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
-            cls = type(module)
-
-            def forward(self, x, _cls=cls):
-                with torch.autocast("cpu", enabled=False):
-                    return _cls.forward(self, x.float())
-
-            module.__class__ = type(f"Fp32{cls.__name__}", (cls,), {"forward": forward})
-
-
-def build(policy: str, part: str) -> nn.Module:
+def build(part: str) -> nn.Module:
     import timm
 
     torch.manual_seed(0)
@@ -49,8 +40,6 @@ def build(policy: str, part: str) -> nn.Module:
     if part == "suffix":
         m = nn.Sequential(m.blocks[5], m.blocks[6], m.conv_head, m.bn2, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           m.classifier)
-    if policy == "mixed":
-        _pin_depthwise_fp32(m)
     return m.to(memory_format=torch.channels_last).train()
 
 
@@ -58,15 +47,17 @@ def measure(part: str, batch: int, size: int, rounds: int) -> dict[str, float]:
     shape = (batch, 3, size, size) if part == "full" else (batch, 112, size // 16, size // 16)
     x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
-    models = {p: build(p, part) for p in POLICIES}
+    models = {p: build(part) for p in POLICIES}
     opts = {p: torch.optim.AdamW(m.parameters(), lr=1e-4) for p, m in models.items()}
     times: dict[str, list[float]] = {p: [] for p in POLICIES}
     for r in range(rounds + 2):
         for p in POLICIES:
             start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p != "fp32"):
-                loss = F.cross_entropy(models[p](x).float(), y)
-            loss.backward()
+            # "mixed" is headstart's own pin, as `precision: bf16` applies it to a training epoch
+            with depthwise_in_fp32(models[p], enabled=p == "mixed"):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p != "fp32"):
+                    loss = F.cross_entropy(models[p](x).float(), y)
+                loss.backward()
             opts[p].step()
             opts[p].zero_grad(set_to_none=True)
             if r >= 2:

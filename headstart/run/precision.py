@@ -5,7 +5,7 @@ training steps 2x. Depthwise convolutions have a slow bf16 backward: under `prec
 inside the autocast (`depthwise_in_fp32`), which made an EfficientNet-Lite0 step 1.2x faster than fp32 where plain
 bf16 autocast was 1.4x slower (bench/results/precision_policy.md). `auto` still trains such models in fp32: full
 fine-tuning of Lite0 under that bf16 policy lost accuracy (digits 0.958 -> 0.919, Fashion-MNIST 0.837 -> 0.821
-in the strategy grid, bench/results/auto_vs_grid_bf16_depthwise.md).
+in the strategy grid, bench/results/precision_bf16_depthwise.md).
 """
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def depthwise_in_fp32(model: nn.Module, enabled: bool = True):
     Why: oneDNN's bf16 depthwise backward is slower than its fp32 one, while the pointwise convolutions, which
     hold most of a MobileNet/EfficientNet's FLOPs, run on the CPU's bf16 matrix units. The swap is undone on
     exit; a module already swapped by an outer call is left to it."""
-    swapped = [m for m in model.modules() if enabled and is_depthwise(m) and type(m) not in _FP32_CLASSES.values()]
+    pinned_classes = set(_FP32_CLASSES.values())
+    swapped = [m for m in model.modules() if is_depthwise(m) and type(m) not in pinned_classes] if enabled else []
     for m in swapped:
         m.__class__ = _fp32_class(type(m))
     try:
