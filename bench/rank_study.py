@@ -1,6 +1,6 @@
 """Do transferability scores rank backbones the way fine-tuning does? Kendall tau per score and data set.
 
-    python bench/rank_study.py            # the study: 7 backbones x 3 data sets (about 15 min on 2 idle cores)
+    python bench/rank_study.py            # the study: 7 backbones x 3 data sets x 3 seeds (about 50 min)
     python bench/rank_study.py --quick    # 5 backbones at toy sizes: a smoke test of the script, not a result
 
 Run it on an idle machine with the allocator setting from the Makefile (GLIBC_TUNABLES, see ASSETS.md).
@@ -22,7 +22,12 @@ each backbone is fine-tuned identically (the ground truth; `--protocol lp-ft`, t
 `strategy: auto` picks at 100 images per class; `--protocol full` is the first study's full fine-tune, AdamW,
 cosine): its test accuracy at the best val epoch (300 test images per class where the data set has them, so
 the ground truth's sampling error is about 1 point), averaged over `--seeds` fine-tunes (3 by default: one
-fine-tune's seed moved the three ImageNet Lites by as much as they differ), and its wall time. Kendall tau (tau-b) between each score and that accuracy, per data set
+fine-tune's seed moved the three ImageNet Lites by as much as they differ), and its wall time. As in the LogME
+and TLlib studies, `--lr-multipliers 1,10` searches each backbone's rate before backbones are compared (x1 and
+x10 of the rate the backbone trains at): the ground truth is then taken at the grid point with the best mean val
+accuracy, and the fixed recipe's (x1) accuracy and taus are reported beside it. The default is x1 alone: the
+search's run (88 min) picked x1 for 20 of 21 backbone-data pairs (x10's test accuracy was lower in all 21, by
+1-36 points), left every tau unchanged, and costs twice as much. Kendall tau (tau-b) between each score and that accuracy, per data set
 and averaged, the regret of trusting the top score (best accuracy minus the top-scored backbone's), and the
 time to rank versus the time to fine-tune all backbones go to bench/results/rank_study.{json,md}
 (``_quick`` suffix in quick mode).
@@ -131,22 +136,70 @@ def kendall(x: list[float], y: list[float]) -> float | None:
     return None if tau is None or np.isnan(tau) else round(float(tau), 4)
 
 
-def _lp_ft(s: dict) -> dict:
+def _lp_ft(s: dict, multiplier: float = 1.0) -> dict:
     from headstart.strategies.auto import lp_ft_options
 
     # one epoch more than full fine-tuning: the head's epoch runs on cached features, the backbone trains as long
-    return {"epochs": s["epochs"] + 1, **lp_ft_options("image")}
+    options = {"epochs": s["epochs"] + 1, **lp_ft_options("image")}
+    options["ft_lr_scale"] *= multiplier  # the grid moves the rate the backbone trains at; the probe's stays
+    return options
+
+
+def _full(s: dict, multiplier: float = 1.0) -> dict:
+    return {"epochs": s["epochs"], "lr": s["lr"] * multiplier}
 
 
 # The ground truth's fine-tuning recipe. lp-ft is what `strategy: auto` picks for images at this size (100 per
 # class); full is the fixed recipe of the first study, which a randomly initialised backbone cannot follow in
-# 3 epochs (its linear probe beat its fine-tune by 38 points on digits).
-PROTOCOLS = {"lp-ft": _lp_ft, "full": lambda s: {"epochs": s["epochs"]}}
+# 3 epochs (its linear probe beat its fine-tune by 38 points on digits). Each takes a multiplier of the rate at
+# which the backbone trains: the grid that --lr-multipliers searches.
+PROTOCOLS = {"lp-ft": _lp_ft, "full": _full}
 
 
-def study(dataset: str, pool: dict[str, str], s: dict, tmp: Path, protocol: str = "lp-ft", seeds: int = 1) -> dict:
+def finetune(data, label: str, entry: str, s: dict, tmp: Path, protocol: str, multiplier: float,
+             seeds: int) -> dict:
+    """`seeds` fine-tunes of one backbone at one grid point: mean val and test accuracy, per-seed test, seconds."""
     import headstart as hs
     from headstart.rank import parse_backbone
+
+    name, weights = parse_backbone(entry)
+    vals, tests, seconds = [], [], 0.0
+    for seed in range(seeds):
+        torch.manual_seed(seed)  # the new head's initialisation: the same draw for every backbone
+        model = hs.create_model(name, weights=weights, image_size=s["image_size"])
+        options = {"batch_size": s["batch_size"], "lr": s["lr"], "head_lr": s["head_lr"],
+                   **PROTOCOLS[protocol](s, multiplier)}
+        run = hs.fit(model, data, protocol, out=tmp / f"ft-{data.name}-{label}-x{multiplier:g}-{seed}", seed=seed,
+                     progress=False, **options)
+        vals.append(run.best_metrics.get("val/accuracy"))
+        tests.append((run.test_metrics or {}).get("test/accuracy"))
+        seconds += run.seconds
+    return {"val_accuracy": round(float(np.mean(vals)), 4), "test_accuracy": round(float(np.mean(tests)), 4),
+            "test_accuracy_per_seed": tests, "seconds": round(seconds, 2)}
+
+
+def summarise(rows: list[dict], accuracy_key: str) -> tuple[dict, dict]:
+    """Kendall tau of each score against rows[*][accuracy_key], and the regret of trusting the top score."""
+    accs = [row[accuracy_key] for row in rows]
+    tau, regret = {}, {}
+    for score in SCORES:
+        values = [row["scores"][score] for row in rows]
+        tau[score] = kendall(values, accs)
+        top = int(np.argmax(values))  # every score here is higher-is-better
+        regret[score] = round(max(accs) - accs[top], 4)
+    return tau, regret
+
+
+def study(dataset: str, pool: dict[str, str], s: dict, tmp: Path, protocol: str = "lp-ft", seeds: int = 1,
+          multipliers: tuple[float, ...] = (1.0,)) -> dict:
+    """Rank the pool on one data set, then fine-tune every backbone at every grid point.
+
+    The ground truth for a backbone is the mean test accuracy at the grid point with the best mean val accuracy,
+    as the LogME and TLlib studies tune each model's rate before comparing them: one fixed rate measures how
+    well a backbone suits that rate as much as how well it transfers. The first grid point alone (the fixed
+    recipe) is reported beside it.
+    """
+    import headstart as hs
 
     data = load_data(dataset, s)
     print(f"== {dataset}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test", flush=True)
@@ -156,81 +209,86 @@ def study(dataset: str, pool: dict[str, str], s: dict, tmp: Path, protocol: str 
     rows = []
     for label, entry in pool.items():
         r = by_entry[entry]
-        name, weights = parse_backbone(entry)
-        accs, seconds = [], 0.0
-        for seed in range(seeds):
-            torch.manual_seed(seed)  # the new head's initialisation: the same draw for every backbone
-            model = hs.create_model(name, weights=weights, image_size=s["image_size"])
-            run = hs.fit(model, data, protocol, out=tmp / f"ft-{dataset}-{label}-{seed}", **PROTOCOLS[protocol](s),
-                         batch_size=s["batch_size"], lr=s["lr"], head_lr=s["head_lr"], seed=seed, progress=False)
-            accs.append((run.test_metrics or {}).get("test/accuracy"))
-            seconds += run.seconds
-        acc = float(np.mean(accs))
-        rows.append({"backbone": label, "entry": entry, "scores": r.scores, "finetune_accuracy": round(acc, 4),
-                     "finetune_accuracy_per_seed": accs, "finetune_seconds": round(seconds / seeds, 2),
+        grid = {f"{m:g}": finetune(data, label, entry, s, tmp, protocol, m, seeds) for m in multipliers}
+        chosen = max(grid, key=lambda m: grid[m]["val_accuracy"])  # ties keep the earlier (the fixed recipe's)
+        fixed = grid[f"{multipliers[0]:g}"]
+        rows.append({"backbone": label, "entry": entry, "scores": r.scores,
+                     "finetune_accuracy": grid[chosen]["test_accuracy"], "chosen_multiplier": chosen,
+                     "finetune_accuracy_per_seed": grid[chosen]["test_accuracy_per_seed"],
+                     "fixed_recipe_accuracy": fixed["test_accuracy"], "grid": grid,
+                     "finetune_seconds": round(fixed["seconds"] / seeds, 2),  # one fine-tune, the fixed recipe
                      "feature_seconds": r.feature_seconds, "score_seconds": r.score_seconds,
                      "features_cached": r.features_cached})
-        print(f"   {label}: fine-tuned test accuracy {acc:.4f} over seeds {accs} ({seconds:.1f} s)", flush=True)
-    accs = [row["finetune_accuracy"] for row in rows]
-    best_acc = max(accs)
-    tau, regret, rank_seconds = {}, {}, {}
-    for score in SCORES:
-        values = [row["scores"][score] for row in rows]
-        tau[score] = kendall(values, accs)
-        top = int(np.argmax(values))  # every score here is higher-is-better
-        regret[score] = round(best_acc - accs[top], 4)
-        # time to rank all backbones with this score alone: build + features (cold) + the score
-        rank_seconds[score] = round(sum(row["feature_seconds"] + row["score_seconds"][score] for row in rows), 2)
+        print(f"   {label}: " + ", ".join(f"x{m} val {g['val_accuracy']:.3f} test {g['test_accuracy']:.4f}"
+                                         for m, g in grid.items()) + f" -> x{chosen}", flush=True)
+    tau, regret = summarise(rows, "finetune_accuracy")
+    tau_fixed, _ = summarise(rows, "fixed_recipe_accuracy")
+    # time to rank all backbones with one score alone: build + features (cold) + the score
+    rank_seconds = {score: round(sum(row["feature_seconds"] + row["score_seconds"][score] for row in rows), 2)
+                    for score in SCORES}
     finetune_seconds = round(sum(row["finetune_seconds"] for row in rows), 2)
     # how far one fine-tune strays from the mean of its seeds: the ground truth's own noise
     seed_sd = (round(float(np.mean([np.std(row["finetune_accuracy_per_seed"], ddof=1) for row in rows])), 4)
                if seeds > 1 else None)
     return {"dataset": dataset, "train": len(data.train), "val": len(data.val), "test": len(data.test),
-            "rows": rows, "tau": tau, "regret": regret, "rank_seconds": rank_seconds,
-            "finetune_seconds": finetune_seconds, "seed_sd": seed_sd}
+            "rows": rows, "tau": tau, "tau_fixed_recipe": tau_fixed, "regret": regret,
+            "rank_seconds": rank_seconds, "finetune_seconds": finetune_seconds, "seed_sd": seed_sd}
 
 
 # --------------------------------------------------------------------------------------------- report
 
 def table(record: dict) -> str:
     s, results, quick = record["settings"], record["datasets"], record["quick"]
+    multipliers = record.get("lr_multipliers", [1.0])
+    searched = len(multipliers) > 1
+    truth = (f"{_protocol_words(record.get('protocol', 'full'), s)} on {s['train']} images per class, test accuracy "
+             f"at the best val epoch ({s['test']} test images per class at most), mean over {record.get('seeds', 1)} "
+             "seed(s) (head initialisation and batch order)")
+    if searched:
+        truth += (f", at the better of the backbone's rate x{', x'.join(f'{m:g}' for m in multipliers)} by mean val "
+                  f"accuracy (the fixed recipe is x{multipliers[0]:g})")
     lines = [f"# Transferability ranking study{' (quick mode: toy sizes, not results)' if quick else ''}", "",
-             (f"{len(s['pool'])} backbones x {len(results)} data sets, {s['image_size']} px; ground truth: "
-              f"{_protocol_words(record.get('protocol', 'full'), s)} on {s['train']} images per class, test accuracy "
-              f"at the best val epoch ({s['test']} test images per class at most), mean over "
-              f"{record.get('seeds', 1)} seed(s) (head initialisation and batch order). See bench/rank_study.py "
-              "for the pool and data."),
-             "",
-             "## Kendall tau between each score and fine-tuned accuracy", "",
-             "| score | " + " | ".join(r["dataset"] for r in results) + " | mean |",
-             "|---|" + "---:|" * (len(results) + 1)]
-    for score in SCORES:
-        cells = [r["tau"][score] for r in results]
-        lines.append(f"| {score} | " + " | ".join("-" if t is None else f"{t:.2f}" for t in cells)
-                     + f" | {_fmt(record['mean_tau'][score])} |")
+             (f"{len(s['pool'])} backbones x {len(results)} data sets, {s['image_size']} px; ground truth: {truth}. "
+              "See bench/rank_study.py for the pool and data."), ""]
+    sections = [("tau", "mean_tau", "Kendall tau between each score and fine-tuned accuracy"
+                 + (" (rate searched)" if searched else ""))]
+    if searched:
+        sections.append(("tau_fixed_recipe", "mean_tau_fixed_recipe",
+                         f"Kendall tau against the fixed recipe's accuracy (x{multipliers[0]:g} only)"))
+    for key, mean_key, title in sections:
+        lines += [f"## {title}", "", "| score | " + " | ".join(r["dataset"] for r in results) + " | mean |",
+                  "|---|" + "---:|" * (len(results) + 1)]
+        for score in SCORES:
+            cells = [r[key][score] for r in results]
+            lines.append(f"| {score} | " + " | ".join(_fmt(t) for t in cells) + f" | {_fmt(record[mean_key][score])} |")
+        lines.append("")
     if all(r.get("seed_sd") is not None for r in results):
-        lines += ["", "Standard deviation of one fine-tune's test accuracy across seeds (mean over backbones): "
-                  + ", ".join(f"{r['dataset']} {r['seed_sd']:.3f}" for r in results) + "."]
-    lines += ["", "Regret of taking the top-scored backbone (best fine-tuned accuracy minus its accuracy):", "",
+        lines += ["Standard deviation of one fine-tune's test accuracy across seeds (mean over backbones): "
+                  + ", ".join(f"{r['dataset']} {r['seed_sd']:.3f}" for r in results) + ".", ""]
+    lines += ["Regret of taking the top-scored backbone (best fine-tuned accuracy minus its accuracy):", "",
               "| score | " + " | ".join(r["dataset"] for r in results) + " |", "|---|" + "---:|" * len(results)]
     for score in SCORES:
         lines.append(f"| {score} | " + " | ".join(f"{r['regret'][score]:.3f}" for r in results) + " |")
-    lines += ["", "## Time to rank versus time to fine-tune (all backbones, seconds)", "",
+    lines += ["", "## Time to rank versus time to fine-tune (all backbones, one fine-tune each, seconds)", "",
               "| data set | rank: logme (cold features) | rank: linear_probe | fine-tune all | fine-tune / logme |",
               "|---|---:|---:|---:|---:|"]
     for r in results:
         lr = r["rank_seconds"]
         lines.append(f"| {r['dataset']} | {lr['logme']:.1f} | {lr['linear_probe']:.1f} | {r['finetune_seconds']:.1f} "
                      f"| {r['finetune_seconds'] / max(lr['logme'], 1e-9):.0f}x |")
+    extra = ["rate", f"x{multipliers[0]:g} acc"] if searched else []
     for r in results:
         lines += ["", f"## {r['dataset']} ({r['train']} train, {r['test']} test)", "",
-                  "| backbone | " + " | ".join(SCORES) + " | fine-tuned acc | fine-tune s |",
-                  "|---|" + "---:|" * (len(SCORES) + 2)]
+                  "| backbone | " + " | ".join(SCORES) + " | fine-tuned acc | " + "".join(f"{e} | " for e in extra)
+                  + "fine-tune s |", "|---|" + "---:|" * (len(SCORES) + 2 + len(extra))]
         for row in sorted(r["rows"], key=lambda x: -x["finetune_accuracy"]):
+            cells = [f"x{row['chosen_multiplier']}", f"{row['fixed_recipe_accuracy']:.4f}"] if searched else []
             lines.append(f"| {row['backbone']} | " + " | ".join(f"{row['scores'][k]:.4g}" for k in SCORES)
-                         + f" | {row['finetune_accuracy']:.4f} | {row['finetune_seconds']:.1f} |")
-    lines += ["", (f"LogME mean tau >= 0.6 (the issue's bar): **{record['logme_mean_tau_at_least_0.6']}**. "
-                   f"Total wall time {record['seconds'] / 60:.1f} min.")]
+                         + f" | {row['finetune_accuracy']:.4f} | " + "".join(f"{c} | " for c in cells)
+                         + f"{row['finetune_seconds']:.1f} |")
+    lines += ["", (f"LogME mean tau >= 0.6 (the issue's bar): **{record['logme_mean_tau_at_least_0.6']}**"
+                   + (f" (fixed recipe: {_fmt(record['mean_tau_fixed_recipe']['logme'])})" if searched else "")
+                   + f". Total wall time {record['seconds'] / 60:.1f} min.")]
     return "\n".join(lines) + "\n"
 
 
@@ -244,6 +302,14 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def _mean_tau(results: list[dict], key: str) -> dict:
+    means = {}
+    for score in SCORES:
+        taus = [r[key][score] for r in results if r[key][score] is not None]
+        means[score] = round(float(np.mean(taus)), 4) if taus else None
+    return means
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="toy sizes: checks the script, not a result")
@@ -252,7 +318,12 @@ def main() -> None:
                         help="the ground truth's fine-tuning recipe (default: lp-ft, auto's pick at 100 per class)")
     parser.add_argument("--seeds", type=int, default=3,
                         help="fine-tunes per backbone; the ground truth is their mean test accuracy (default 3)")
+    parser.add_argument("--lr-multipliers", default="1",
+                        help="a grid of the backbone's training rate, as multiples of the recipe's (e.g. 1,10); each "
+                             "backbone's ground truth is taken at its best point by val accuracy, the first is the "
+                             "fixed recipe (default 1: no search)")
     args = parser.parse_args()
+    multipliers = tuple(float(m) for m in args.lr_multipliers.split(","))
     datasets = args.datasets.split(",")
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown:
@@ -261,14 +332,11 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rank-study-") as tmp:
         pool = make_pool(s["pool"], Path(tmp))
-        results = [study(d, pool, s, Path(tmp), args.protocol, args.seeds) for d in datasets]
-    mean_tau = {}
-    for score in SCORES:
-        taus = [r["tau"][score] for r in results if r["tau"][score] is not None]
-        mean_tau[score] = round(float(np.mean(taus)), 4) if taus else None
+        results = [study(d, pool, s, Path(tmp), args.protocol, args.seeds, multipliers) for d in datasets]
+    mean_tau = _mean_tau(results, "tau")
     record = {"machine": machine(), "quick": args.quick, "settings": s, "protocol": args.protocol, "seeds": args.seeds,
-              "scores": list(SCORES),
-              "datasets": results, "mean_tau": mean_tau,
+              "lr_multipliers": list(multipliers), "scores": list(SCORES), "datasets": results, "mean_tau": mean_tau,
+              "mean_tau_fixed_recipe": _mean_tau(results, "tau_fixed_recipe"),
               "logme_mean_tau_at_least_0.6": bool(mean_tau["logme"] is not None and mean_tau["logme"] >= 0.6),
               "seconds": round(time.perf_counter() - start, 1)}
     save("rank_study" + ("_quick" if args.quick else ""), record, table(record))
