@@ -27,10 +27,12 @@ and TLlib studies, `--lr-multipliers 1,10` searches each backbone's rate before 
 x10 of the rate the backbone trains at): the ground truth is then taken at the grid point with the best mean val
 accuracy, and the fixed recipe's (x1) accuracy and taus are reported beside it. The default is x1 alone: the
 search's run (88 min) picked x1 for 20 of 21 backbone-data pairs (x10's test accuracy was lower in all 21, by
-1-36 points), left every tau unchanged, and costs twice as much. Kendall tau (tau-b) between each score and that accuracy, per data set
-and averaged, the regret of trusting the top score (best accuracy minus the top-scored backbone's), and the
-time to rank versus the time to fine-tune all backbones go to bench/results/rank_study.{json,md}
-(``_quick`` suffix in quick mode).
+1-36 points), left every tau unchanged, and costs twice as much.
+
+Kendall tau (tau-b) between each score and that accuracy, per data set and averaged (and against each seed's
+accuracies alone, to show the ground truth's noise), the regret of trusting the top score (best accuracy minus
+the top-scored backbone's), and the time to rank versus the time to fine-tune all backbones go to
+bench/results/rank_study.{json,md} (``_quick`` suffix in quick mode).
 """
 from __future__ import annotations
 
@@ -264,7 +266,11 @@ def table(record: dict) -> str:
         lines.append("")
     if all(r.get("seed_sd") is not None for r in results):
         lines += ["Standard deviation of one fine-tune's test accuracy across seeds (mean over backbones): "
-                  + ", ".join(f"{r['dataset']} {r['seed_sd']:.3f}" for r in results) + ".", ""]
+                  + ", ".join(f"{r['dataset']} {r['seed_sd']:.3f}" for r in results) + ".", "",
+                  "Mean tau over the data sets against each seed's fine-tunes alone (how far the ground truth's noise "
+                  "moves the result): "
+                  + "; ".join(f"{k} " + " / ".join(_fmt(t) for t in _tau_per_seed(results, k)) for k in SCORES)
+                  + ".", ""]
     lines += ["Regret of taking the top-scored backbone (best fine-tuned accuracy minus its accuracy):", "",
               "| score | " + " | ".join(r["dataset"] for r in results) + " |", "|---|" + "---:|" * len(results)]
     for score in SCORES:
@@ -300,6 +306,18 @@ def _protocol_words(protocol: str, s: dict) -> str:
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
+
+
+def _tau_per_seed(results: list[dict], score: str) -> list[float | None]:
+    """Mean over data sets of the score's tau against one seed's test accuracies, for each seed."""
+    seeds = len(results[0]["rows"][0]["finetune_accuracy_per_seed"])
+    means = []
+    for seed in range(seeds):
+        taus = [kendall([row["scores"][score] for row in r["rows"]],
+                        [row["finetune_accuracy_per_seed"][seed] for row in r["rows"]]) for r in results]
+        taus = [t for t in taus if t is not None]
+        means.append(round(float(np.mean(taus)), 4) if taus else None)
+    return means
 
 
 def _mean_tau(results: list[dict], key: str) -> dict:
