@@ -180,9 +180,8 @@ def finetune(data, label: str, entry: str, s: dict, tmp: Path, protocol: str, mu
             "test_accuracy_per_seed": tests, "seconds": round(seconds, 2)}
 
 
-def summarise(rows: list[dict], accuracy_key: str) -> tuple[dict, dict]:
-    """Kendall tau of each score against rows[*][accuracy_key], and the regret of trusting the top score."""
-    accs = [row[accuracy_key] for row in rows]
+def summarise(rows: list[dict], accs: list[float]) -> tuple[dict, dict]:
+    """Kendall tau of each score against `accs` (one per row), and the regret of trusting the top score."""
     tau, regret = {}, {}
     for score in SCORES:
         values = [row["scores"][score] for row in rows]
@@ -223,8 +222,8 @@ def study(dataset: str, pool: dict[str, str], s: dict, tmp: Path, protocol: str 
                      "features_cached": r.features_cached})
         print(f"   {label}: " + ", ".join(f"x{m} val {g['val_accuracy']:.3f} test {g['test_accuracy']:.4f}"
                                          for m, g in grid.items()) + f" -> x{chosen}", flush=True)
-    tau, regret = summarise(rows, "finetune_accuracy")
-    tau_fixed, _ = summarise(rows, "fixed_recipe_accuracy")
+    tau, regret = summarise(rows, [row["finetune_accuracy"] for row in rows])
+    tau_fixed, _ = summarise(rows, [row["fixed_recipe_accuracy"] for row in rows])
     # time to rank all backbones with one score alone: build + features (cold) + the score
     rank_seconds = {score: round(sum(row["feature_seconds"] + row["score_seconds"][score] for row in rows), 2)
                     for score in SCORES}
@@ -269,7 +268,7 @@ def table(record: dict) -> str:
                   + ", ".join(f"{r['dataset']} {r['seed_sd']:.3f}" for r in results) + ".", "",
                   "Mean tau over the data sets against each seed's fine-tunes alone (how far the ground truth's noise "
                   "moves the result): "
-                  + "; ".join(f"{k} " + " / ".join(_fmt(t) for t in _tau_per_seed(results, k)) for k in SCORES)
+                  + "; ".join(f"{k} " + " / ".join(_fmt(t) for t in taus) for k, taus in _tau_per_seed(results).items())
                   + ".", ""]
     lines += ["Regret of taking the top-scored backbone (best fine-tuned accuracy minus its accuracy):", "",
               "| score | " + " | ".join(r["dataset"] for r in results) + " |", "|---|" + "---:|" * len(results)]
@@ -308,24 +307,22 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-def _tau_per_seed(results: list[dict], score: str) -> list[float | None]:
-    """Mean over data sets of the score's tau against one seed's test accuracies, for each seed."""
+def _tau_per_seed(results: list[dict]) -> dict[str, list[float | None]]:
+    """score -> for each seed, the mean over data sets of its tau against that seed's test accuracies alone."""
     seeds = len(results[0]["rows"][0]["finetune_accuracy_per_seed"])
-    means = []
-    for seed in range(seeds):
-        taus = [kendall([row["scores"][score] for row in r["rows"]],
-                        [row["finetune_accuracy_per_seed"][seed] for row in r["rows"]]) for r in results]
-        taus = [t for t in taus if t is not None]
-        means.append(round(float(np.mean(taus)), 4) if taus else None)
-    return means
+    per_seed = [[summarise(r["rows"], [row["finetune_accuracy_per_seed"][seed] for row in r["rows"]])[0]
+                 for r in results] for seed in range(seeds)]
+    return {score: [_mean_over([tau[score] for tau in taus]) for taus in per_seed] for score in SCORES}
 
 
 def _mean_tau(results: list[dict], key: str) -> dict:
-    means = {}
-    for score in SCORES:
-        taus = [r[key][score] for r in results if r[key][score] is not None]
-        means[score] = round(float(np.mean(taus)), 4) if taus else None
-    return means
+    return {score: _mean_over([r[key][score] for r in results]) for score in SCORES}
+
+
+def _mean_over(taus: list[float | None]) -> float | None:
+    """The mean of the defined taus (a data set where a list is constant has none)."""
+    taus = [t for t in taus if t is not None]
+    return round(float(np.mean(taus)), 4) if taus else None
 
 
 def main() -> None:
