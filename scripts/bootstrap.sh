@@ -27,4 +27,20 @@ if [ ! -d "$FMNIST" ]; then
         echo "      (Debian/Ubuntu), or download the four IDX files and set HEADSTART_FASHION_MNIST_DIR."
     fi
 fi
+# OpenCV's 5,000 MNIST-style digits (the opencv-digits data set): one PNG inside the 96 MB opencv-doc package,
+# extracted alone instead of installing the package's 270 MB of docs.
+DIGITS=/usr/share/datasets/opencv-digits/digits.png
+if [ ! -f "$DIGITS" ] && [ ! -f /usr/share/doc/opencv-doc/examples/data/digits.png ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        tmp=$(mktemp -d)
+        ( cd "$tmp" && apt-get download -qq opencv-doc >/dev/null 2>&1 \
+            && dpkg-deb --fsys-tarfile opencv-doc_*.deb | tar -x ./usr/share/doc/opencv-doc/examples/data/digits.png \
+            && mkdir -p "$(dirname "$DIGITS")" && mv usr/share/doc/opencv-doc/examples/data/digits.png "$DIGITS" ) \
+            || echo "note: could not extract digits.png from opencv-doc; the opencv-digits data set is unavailable."
+        rm -rf "$tmp"
+    else
+        echo "note: OpenCV's digits.png is not installed (the opencv-digits data set). As root, run this script"
+        echo "      again, or set HEADSTART_OPENCV_DIGITS to a copy of opencv-doc's examples/data/digits.png."
+    fi
+fi
 echo "bootstrap done: $("$VENV/bin/python" -c 'import headstart, torch; print("headstart", headstart.__version__, "torch", torch.__version__)')"

@@ -14,6 +14,7 @@ from headstart.backbones.spec import ImagePreprocessing
 from headstart.data import (BatchTransform, DataSplits, ImageData, from_arrays, image_folder, iterate_batches,
                             list_datasets, load, load_image_files, num_batches, stratified_split,
                             subsample_per_class)
+from headstart.data.datasets import OPENCV_DIGITS_FILES
 from headstart.errors import DataError
 from headstart.registry import UnknownNameError
 
@@ -356,6 +357,56 @@ def test_digits_loads():
     assert small.test.class_counts().tolist() == [5] * 10
     assert small.val.class_counts().tolist() == [1] * 10  # ceil(5 * 0.1 / 0.9)
     assert load("digits", subset=5, seed=0).train.fingerprint() == small.train.fingerprint()
+
+
+def _digits_sheet(path: Path) -> None:
+    """A 2000x1000 sheet like OpenCV's: the cell in grid row r, column c is filled with r, its corner pixel is c."""
+    sheet = np.repeat(np.repeat(np.arange(50, dtype=np.uint8)[:, None], 20, axis=0), 2000, axis=1)
+    sheet[::20, ::20] = np.arange(100, dtype=np.uint8)[None, :]
+    Image.fromarray(sheet).save(path)
+
+
+def test_opencv_digits_cuts_the_sheet_in_reading_order(tmp_path):
+    _digits_sheet(tmp_path / "digits.png")
+    splits = load("opencv-digits", root=tmp_path, seed=0)  # a folder holding digits.png
+    parts = [splits.train, splits.val, splits.test]
+    assert sum(len(p) for p in parts) == 5000 and splits.test.class_counts().tolist() == [100] * 10
+    seen = set()
+    for part in parts:
+        x = part.images
+        assert x.shape[1:] == (1, 20, 20) and x.dtype == torch.uint8
+        rows, cols = x[:, 0, 1, 1].long(), x[:, 0, 0, 0].long()
+        assert torch.equal(part.targets, rows // 5)  # five grid rows per class, 0 first
+        seen |= set(zip(rows.tolist(), cols.tolist()))
+    assert len(seen) == 5000  # every cell once, in exactly one split
+    file_only = load("opencv-digits", root=tmp_path / "digits.png", subset=3, seed=0)
+    assert file_only.train.class_counts().tolist() == [3] * 10
+
+
+def test_opencv_digits_bad_files_are_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("HEADSTART_OPENCV_DIGITS", raising=False)
+    with pytest.raises(DataError, match="not found.*opencv-doc"):
+        load("opencv-digits", root=tmp_path)
+    Image.new("L", (200, 100)).save(tmp_path / "digits.png")
+    with pytest.raises(DataError, match="200x100 px.*2000x1000"):
+        load("opencv-digits", root=tmp_path)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "digits.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="corrupt"):
+        load("opencv-digits", root=tmp_path / "bad")
+
+
+@pytest.mark.skipif(not any(Path(f).is_file() for f in OPENCV_DIGITS_FILES), reason="OpenCV's digits.png is absent")
+def test_opencv_digits_real_sheet_labels_match_images():
+    splits = load("opencv-digits")
+    assert len(splits.train) == 3600 and len(splits.val) == 400 and splits.test.class_counts().tolist() == [100] * 10
+    x, y = splits.train.images.float().flatten(1), splits.train.targets
+    ink = torch.stack([x[y == c].mean() for c in range(10)])
+    assert int(ink.argmin()) == 1 and int(ink.argmax()) == 0  # a "1" has the least ink, a "0" the most
+    # nearest class mean on raw pixels: about 0.79; labels shifted by one grid row would score near chance
+    centroids = torch.stack([x[y == c].mean(0) for c in range(10)])
+    test = splits.test.images.float().flatten(1)
+    assert (torch.cdist(test, centroids).argmin(1) == splits.test.targets).float().mean() > 0.7
 
 
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason=f"{FASHION_DIR} is absent")

