@@ -286,9 +286,9 @@ def table(record: dict) -> str:
               "See bench/rank_study.py for the pool and data."), ""]
     pre = record.get("pretraining")
     if pre:
-        lines += [f"lite0-opencv-digits was trained from random weights for {pre['epochs']} epoch(s) on "
-                  f"{pre['train_images']} OpenCV digits ({pre['seconds']:.0f} s; last epoch's val accuracy on "
-                  f"that source task {pre['last_epoch_val_accuracy']:.3f}).", ""]
+        lines += [(f"lite0-opencv-digits was trained from random weights for {pre['epochs']} epoch(s) on "
+                   f"{pre['train_images']} OpenCV digits ({pre['seconds']:.0f} s; last epoch's val accuracy on "
+                   f"that source task {pre['last_epoch_val_accuracy']:.3f})."), ""]
     sections = [("tau", "mean_tau", "Kendall tau between each score and fine-tuned accuracy"
                  + (" (rate searched)" if searched else ""))]
     if searched:
@@ -393,7 +393,8 @@ def main() -> None:
         results = [study(d, pool, s, Path(tmp), args.protocol, args.seeds, multipliers) for d in datasets]
     mean_tau = _mean_tau(results, "tau")
     record = {"machine": machine(), "quick": args.quick, "settings": s, "protocol": args.protocol, "seeds": args.seeds,
-              "lr_multipliers": list(multipliers), "pretraining": pretraining, "scores": list(SCORES), "datasets": results, "mean_tau": mean_tau,
+              "lr_multipliers": list(multipliers), "pretraining": pretraining, "scores": list(SCORES),
+              "datasets": results, "mean_tau": mean_tau,
               "mean_tau_fixed_recipe": _mean_tau(results, "tau_fixed_recipe"),
               "logme_mean_tau_at_least_0.6": bool(mean_tau["logme"] is not None and mean_tau["logme"] >= 0.6),
               "seconds": round(time.perf_counter() - start, 1)}
