@@ -1,7 +1,7 @@
 """Do transferability scores rank backbones the way fine-tuning does? Kendall tau per score and data set.
 
     python bench/rank_study.py            # the study: 8 backbones x 3 data sets x 3 seeds (about 60 min)
-    python bench/rank_study.py --quick    # 5 backbones at toy sizes: a smoke test of the script, not a result
+    python bench/rank_study.py --quick    # 6 backbones at toy sizes: a smoke test of the script, not a result
 
 Run it on an idle machine with the allocator setting from the Makefile (GLIBC_TUNABLES, see ASSETS.md).
 
@@ -127,9 +127,8 @@ def pretrain_on_digits(init: dict[str, torch.Tensor], folder: Path, s: dict) -> 
     run = hs.fit(model, data, "full", out=folder / "pretrain-opencv-digits", seed=0, progress=False,
                  epochs=s["pretrain"]["epochs"], lr=1e-3, head_lr=1e-3, batch_size=32)
     state = {k.removeprefix("backbone.net."): v for k, v in model.state_dict().items() if k.startswith("backbone.net.")}
-    (weight, bias), = [(model.head[i].weight, model.head[i].bias) for i in range(len(model.head))
-                       if isinstance(model.head[i], torch.nn.Linear)]
-    state.update({"classifier.weight": weight.detach().clone(), "classifier.bias": bias.detach().clone()})
+    linear = model.head[-1]  # a linear head ends in its one nn.Linear
+    state.update({"classifier.weight": linear.weight.detach().clone(), "classifier.bias": linear.bias.detach().clone()})
     last = run.history[-1]
     record = {"epochs": s["pretrain"]["epochs"], "train_images": len(data.train), "seconds": round(run.seconds, 1),
               "last_epoch_val_accuracy": last.get("val/accuracy")}

@@ -80,6 +80,14 @@ def _split_val(data: ImageData, val_fraction: float, seed: int) -> tuple[ImageDa
     return data.subset(keep), data.subset(held)
 
 
+def _split_test_then_val(full, test_fraction: float, val_fraction: float, seed: int, test_seed: int | None = None):
+    """(train, val, test) of a set without a published split: a stratified test split first (seeded by
+    `test_seed`, default `seed`), then val from the rest."""
+    rest_idx, test_idx = stratified_split(full.targets, test_fraction, seed if test_seed is None else test_seed)
+    train, val = _split_val(full.subset(rest_idx), val_fraction, seed)
+    return train, val, full.subset(test_idx)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Fashion-MNIST from the IDX files Debian's dataset-fashion-mnist package installs
 
@@ -164,9 +172,7 @@ def digits(val_fraction: float = 0.1, seed: int = 0, test_fraction: float = 0.2)
     x, y = _digits_arrays()
     classes = [str(i) for i in range(10)]
     full = ImageData(x.clone(), y.clone(), classes)
-    rest_idx, test_idx = stratified_split(full.targets, test_fraction, seed)
-    train, val = _split_val(full.subset(rest_idx), val_fraction, seed)
-    return DataSplits(train, val, full.subset(test_idx), classes, name="digits")
+    return DataSplits(*_split_test_then_val(full, test_fraction, val_fraction, seed), classes, name="digits")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -221,9 +227,7 @@ def opencv_digits(val_fraction: float = 0.1, seed: int = 0, test_fraction: float
     x, y = _opencv_digits_arrays(str(_opencv_digits_file(root).resolve()))
     classes = [str(i) for i in range(10)]
     full = ImageData(x.clone(), y.clone(), classes)
-    rest_idx, test_idx = stratified_split(full.targets, test_fraction, seed)
-    train, val = _split_val(full.subset(rest_idx), val_fraction, seed)
-    return DataSplits(train, val, full.subset(test_idx), classes, name="opencv-digits")
+    return DataSplits(*_split_test_then_val(full, test_fraction, val_fraction, seed), classes, name="opencv-digits")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -271,6 +275,5 @@ def bbc_news(val_fraction: float = 0.1, seed: int = 0, test_fraction: float = 0.
                "label_delimiter": None}
     full = TextData(list(texts), torch.tensor(labels, dtype=torch.long), list(classes), columns)
     # The test split is fixed (test_seed) so that runs with different training seeds score the same articles.
-    rest_idx, test_idx = stratified_split(full.targets, test_fraction, test_seed)
-    train, val = _split_val(full.subset(rest_idx), val_fraction, seed)
-    return DataSplits(train, val, full.subset(test_idx), list(classes), name="bbc-news", modality="text")
+    return DataSplits(*_split_test_then_val(full, test_fraction, val_fraction, seed, test_seed), list(classes),
+                      name="bbc-news", modality="text")
