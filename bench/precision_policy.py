@@ -27,7 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, save  # noqa: E402
 
-from headstart.run.precision import depthwise_in_fp32  # noqa: E402
+from headstart.runtime import depthwise_in_fp32  # noqa: E402
 
 POLICIES = ("fp32", "bf16", "mixed")
 

@@ -42,7 +42,7 @@ def category(name: str) -> str:
 
 def main() -> None:
     import headstart as hs
-    from headstart.run.precision import autocast
+    from headstart.runtime import autocast
 
     torch.manual_seed(0)
     model = hs.create_model("timm:resnet50", 10).train().to(memory_format=torch.channels_last)

@@ -86,7 +86,7 @@ def lp_headstart(args) -> dict:
 
 def ft_settings(model) -> tuple[bool, bool]:
     """headstart's automatic choices for this model on this machine: (bf16, channels_last)."""
-    from headstart.run.precision import resolve_channels_last, resolve_precision
+    from headstart.runtime import resolve_channels_last, resolve_precision
 
     return (resolve_precision("auto", model, torch.device("cpu"), training=True),
             resolve_channels_last("auto", model))
@@ -267,7 +267,7 @@ def step_flops(args) -> dict:
     """FLOPs of one headstart training step (forward + backward, counted), and its achieved GFLOP/s."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from headstart.run.precision import autocast
+    from headstart.runtime import autocast
 
     torch.manual_seed(0)
     model = make_model(args.model)

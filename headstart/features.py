@@ -23,8 +23,7 @@ import torch.nn as nn
 
 from .atomic import atomic_write
 from .fold import inference_module
-from .run.loop import to_device
-from .run.precision import autocast
+from .runtime import run_over_split
 
 FORMAT = "headstart-features-v1"
 
@@ -92,26 +91,23 @@ def extract_features(backbone: nn.Module, batcher, *, batch_size: int = 128, bf1
     Under DDP each rank extracts every world-th batch and all ranks receive all rows. An augmented view
     (`generator`) draws its transforms in batch order, so it is extracted whole on every rank instead.
     """
-    device = device or torch.device("cpu")
     rank, world = process_group() if generator is None else (0, 1)
+    frozen = None  # an inference copy of the backbone (BatchNorm and padding folded), built on the first batch
+
+    def features(x):
+        nonlocal frozen
+        if frozen is None:
+            sample = {k: v[:2] for k, v in x.items()} if isinstance(x, dict) else x[:2]
+            frozen = inference_module(backbone, lambda m: m.forward_features(sample))
+        return frozen.forward_features(x)
+
     was_training = backbone.training
     backbone.eval()
-    outs, order = [], []
-    batches = batcher.order(batch_size, shuffle=False, seed=0, epoch=0)[rank::world]
-    frozen = None  # an inference copy of the backbone (BatchNorm and padding folded), built on the first batch
     try:
-        for idx in progress(batches) if progress else batches:
-            x = to_device(batcher.inputs(idx, generator), device, channels_last)
-            if frozen is None:
-                sample = {k: v[:2] for k, v in x.items()} if isinstance(x, dict) else x[:2]
-                frozen = inference_module(backbone, lambda m: m.forward_features(sample))
-            with autocast(device, bf16):
-                outs.append(frozen.forward_features(x).float().cpu())
-            order.append(idx)
+        out, idx = run_over_split(features, batcher, batch_size=batch_size, bf16=bf16, channels_last=channels_last,
+                                  device=device, generator=generator, shard=(rank, world), progress=progress)
     finally:
         backbone.train(was_training)
-    out = torch.cat(outs) if outs else torch.zeros(0, 0)
-    idx = torch.cat(order) if order else torch.zeros(0, dtype=torch.long)
     if world > 1:
         out, idx = _gather_rows(out, idx)
     return out[torch.argsort(idx)]

@@ -17,8 +17,7 @@ from .data import (IMAGE_EXTENSIONS, DataSplits, ImageData, TextData, images_to_
 from .errors import DataError
 from .metrics import compute_metrics, default_metrics
 from .model import TransferModel
-from .run.loop import predict_outputs
-from .run.precision import resolve_channels_last, resolve_precision
+from .runtime import inference_placement, predict_outputs
 
 
 class Predictor:
@@ -28,10 +27,7 @@ class Predictor:
         self.model = model.eval()
         self.batch_size = batch_size
         self.columns: dict[str, Any] | None = None  # text models: the columns the training texts came from
-        device = torch.device("cpu")
-        self._kwargs = dict(batch_size=batch_size, device=device,
-                            bf16=resolve_precision(precision, model, device, training=False),
-                            channels_last=resolve_channels_last("auto", model))
+        self._kwargs = dict(batch_size=batch_size, **inference_placement(model, precision).kwargs())
 
     @property
     def labels(self) -> list[str]:

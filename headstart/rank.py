@@ -34,7 +34,7 @@ from .errors import ConfigError, DataError, HeadstartError
 from .features import cached_features
 from .model import TransferModel, create_model
 from .run import fit
-from .run.precision import resolve_channels_last, resolve_precision
+from .runtime import inference_placement
 from .transferability import SCORES, _check_labels, score as compute_score
 
 # Names of a network's last Linear layer in timm, torchvision and lukemelas checkpoints.
@@ -208,14 +208,10 @@ def rank(backbones: Sequence[str], data: DataSplits, score: str | Sequence[str] 
         t0 = time.perf_counter()
         model = _build(entry, seed, model_kwargs, rows)
         head = _source_head(entry, model, score_names) if needs_source else None
-        bf16 = resolve_precision(precision, model, device, training=False)
-        channels_last = resolve_channels_last("auto", model)
-        model.to(device)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
+        placement = inference_placement(model, precision, device=device)
+        placement.move(model)
         feats, cached = cached_features(model.backbone, model.spec, make_batcher(data.train, model.spec, train=False),
-                                        fingerprint, cache_dir=cache_dir, bf16=bf16, channels_last=channels_last,
-                                        batch_size=batch_size, device=device)
+                                        fingerprint, cache_dir=cache_dir, batch_size=batch_size, **placement.kwargs())
         del model  # before the scores: a large backbone's memory is not needed for them
         probs = None
         if head is not None:

@@ -29,9 +29,10 @@ OPTIONS = {"gradual": dict(unfreeze_every=1), "lp-ft": dict(lp_epochs=1), "parti
 
 
 def checksum(tensors: dict) -> str:
+    """Shapes and values in name order; names themselves left out, so a renamed module keeps its checksum."""
     h = hashlib.sha256()
     for name in sorted(tensors):
-        h.update(name.encode())
+        h.update(str(tuple(tensors[name].shape)).encode())
         h.update(tensors[name].detach().float().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 

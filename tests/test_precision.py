@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 import headstart as hs
-from headstart.run.precision import bf16_supported, depthwise_in_fp32, is_depthwise, pin_depthwise
+from headstart.runtime import bf16_supported, depthwise_in_fp32, is_depthwise, pin_depthwise
 
 pytestmark = pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="no bf16 on this CPU")
 

@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from ..errors import HeadstartError
 from ..registry import Registry
-from . import SOURCES
+from .sources import SOURCES
 from .spec import BackboneSpec, LayerGroup, TextPreprocessing, groups_from_names
 from .weights import WEIGHT_PACKAGES, LoadedWeights, file_sha256, read_state_dict
 

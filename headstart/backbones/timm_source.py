@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from ..errors import HeadstartError
 from ..registry import unknown_name
-from . import SOURCES
+from .sources import SOURCES
 from .spec import BackboneSpec, ImagePreprocessing, LayerGroup, groups_from_children
 from .weights import load_into, resolve_weights
 from .wrapper import FeatureBackbone, prefixed

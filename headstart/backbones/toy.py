@@ -6,7 +6,7 @@ import fnmatch
 import torch.nn as nn
 
 from ..registry import unknown_name
-from . import SOURCES
+from .sources import SOURCES
 from .spec import BackboneSpec, ImagePreprocessing, groups_from_children
 from .weights import load_into, resolve_weights
 from .wrapper import FeatureBackbone, prefixed

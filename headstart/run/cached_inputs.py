@@ -12,8 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..features import cached_features
-from .loop import to_device
-from .precision import autocast
+from ..runtime import run_over_split
 
 
 class FeatureData:
@@ -125,17 +124,9 @@ def prefix_activations(stages: list[nn.Module], batcher, *, bf16: bool, channels
     """
     from ..backbones.stages import StageChain
 
-    device = device or torch.device("cpu")
     chain = StageChain(stages, finish=False)
-    outs, order = [], []
-    for idx in batcher.order(batch_size, shuffle=False, seed=0, epoch=0):
-        x = to_device(batcher.inputs(idx), device, channels_last)
-        with autocast(device, bf16):
-            y = chain(x)
-        outs.append(y.to(torch.bfloat16 if bf16 else torch.float32).cpu())
-        order.append(idx)
-    out = torch.cat(outs)
-    return out[torch.argsort(torch.cat(order))]
+    return run_over_split(chain, batcher, batch_size=batch_size, bf16=bf16, channels_last=channels_last,
+                          device=device, out_dtype=torch.bfloat16 if bf16 else torch.float32)[0]
 
 
 def prefix_cache_batchers(model, stages: list[nn.Module], k: int, train, val, *, bf16: bool, channels_last: bool,

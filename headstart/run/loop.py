@@ -8,15 +8,7 @@ import torch.nn as nn
 
 from ..data.batcher import Batcher
 from ..metrics import compute_metrics
-from .precision import autocast
-
-
-def to_device(inputs: Any, device: torch.device, channels_last: bool = False) -> Any:
-    """Move a batch (a tensor or a dict of tensors) to `device`; image tensors optionally channels_last."""
-    if isinstance(inputs, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-    inputs = inputs.to(device, non_blocking=True)
-    return inputs.contiguous(memory_format=torch.channels_last) if channels_last and inputs.ndim == 4 else inputs
+from ..runtime import autocast, predict_outputs, to_device
 
 
 def train_epoch(model: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, scheduler,
@@ -54,25 +46,6 @@ def train_epoch(model: nn.Module, objective: Callable, optimizer: torch.optim.Op
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
     return {"train/loss": (total / max(count, 1)).item()}
-
-
-@torch.no_grad()
-def predict_outputs(model: nn.Module, batcher: Batcher, *, batch_size: int = 128, bf16: bool = False,
-                    channels_last: bool = False, device: torch.device | None = None) -> torch.Tensor:
-    """Model outputs (N, num_outputs) in fp32 for every sample, in data order."""
-    device = device or torch.device("cpu")
-    model.eval()
-    outs, order = [], []
-    for idx in batcher.order(batch_size, shuffle=False, seed=0, epoch=0):
-        x = to_device(batcher.inputs(idx), device, channels_last)
-        with autocast(device, bf16):
-            outs.append(model(x).float().cpu())
-        order.append(idx)
-    if not outs:
-        return torch.zeros(0, 0)
-    out = torch.cat(outs)
-    # A batcher may group samples (e.g. text by length): put rows back in data order.
-    return out[torch.argsort(torch.cat(order))]
 
 
 def evaluate_split(model: nn.Module, batcher: Batcher, metric_names: list[str], prefix: str,

@@ -26,7 +26,7 @@ from .checkpoint import BackgroundWriter, load_checkpoint, save_checkpoint, snap
 from .loop import evaluate_split, train_epoch
 from .optim import build_optimizer, build_scheduler, regroup
 from .dropout import install as install_fast_dropout
-from .precision import depthwise_in_fp32, pin_depthwise, resolve_channels_last, resolve_precision
+from ..runtime import depthwise_in_fp32, pin_depthwise, resolve_channels_last, resolve_precision
 from .selection import BestEpoch
 
 METRICS_FILE, CONFIG_FILE, TEST_FILE = "metrics.jsonl", "config.yaml", "test_metrics.json"

@@ -214,7 +214,7 @@ def measure(model, data, *, seed: int = 0, cache_dir=None, max_probe: int = 4000
     """Signals of a model and data set; the frozen features go through the feature cache (one pass)."""
     from ..data import make_batcher
     from ..features import cached_features
-    from ..run.precision import resolve_channels_last, resolve_precision
+    from ..runtime import inference_placement
     from ..transferability import linear_probe_proxy
 
     train = data.train
@@ -226,11 +226,10 @@ def measure(model, data, *, seed: int = 0, cache_dir=None, max_probe: int = 4000
                 model.spec.modality)
     if counts is None or len(train) > max_probe:
         return s  # regression / multi-label, or too large to probe cheaply: decide without the shift signal
-    device = torch.device("cpu")
+    placement = inference_placement(model)
     feats, _ = cached_features(model.backbone, model.spec, make_batcher(train, model.spec, train=False),
-                               train.fingerprint(), cache_dir=cache_dir,
-                               bf16=resolve_precision("auto", model, device, training=False),
-                               channels_last=resolve_channels_last("auto", model))
+                               train.fingerprint(), cache_dir=cache_dir, bf16=placement.bf16,
+                               channels_last=placement.channels_last)
     if counts.min() >= 2:
         s.probe_accuracy = linear_probe_proxy(feats, targets, folds=min(3, int(counts[counts > 0].min())), seed=seed)
     return s

@@ -1,4 +1,7 @@
-"""Fast numeric defaults: when bf16 autocast and channels_last pay off on this hardware.
+"""The ground floor every layer runs on: device placement, precision, memory format, and one way to run a
+model over a split.
+
+Fast numeric defaults: when bf16 autocast and channels_last pay off on this hardware.
 
 Measured on the 2-core CPU machines (ASSETS.md): bf16 + channels_last speeds up CNN inference 2-4x and most
 training steps 2x. Depthwise convolutions have a slow bf16 backward: under `precision: bf16` they stay in fp32
@@ -10,11 +13,13 @@ in the strategy grid, bench/results/precision_bf16_depthwise.md).
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -104,3 +109,73 @@ def autocast(device: torch.device, enabled: bool):
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how a model computes when it only runs forward: device, bf16 autocast, channels_last."""
+
+    device: torch.device
+    bf16: bool
+    channels_last: bool
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `run_over_split`, `predict_outputs` and feature extraction."""
+        return {"device": self.device, "bf16": self.bf16, "channels_last": self.channels_last}
+
+    def move(self, model: nn.Module) -> nn.Module:
+        """Put `model`'s weights on the device, in channels_last when the inputs will be."""
+        model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+
+def inference_placement(model: nn.Module, precision: str = "auto", channels_last: str = "auto",
+                        device: torch.device | None = None) -> Placement:
+    """How `model` computes forward passes: `precision` and `channels_last` resolved for it and the device."""
+    device = device or torch.device("cpu")
+    return Placement(device, resolve_precision(precision, model, device, training=False),
+                     resolve_channels_last(channels_last, model))
+
+
+def to_device(inputs: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move a batch (a tensor or a dict of tensors) to `device`; image tensors optionally channels_last."""
+    if isinstance(inputs, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+    inputs = inputs.to(device, non_blocking=True)
+    return inputs.contiguous(memory_format=torch.channels_last) if channels_last and inputs.ndim == 4 else inputs
+
+
+@torch.no_grad()
+def run_over_split(fn: Callable[[Any], torch.Tensor], batcher, *, batch_size: int = 128, bf16: bool = False,
+                   channels_last: bool = False, device: torch.device | None = None,
+                   generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1),
+                   out_dtype: torch.dtype = torch.float32, progress: Callable | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fn` over a split in the batcher's eval order; returns (rows, indices) sorted by sample index.
+
+    A batcher may group samples (text by length), so rows come back in data order. With `shard=(rank, world)`
+    only every world-th batch runs, and the indices say which samples those rows are. Rows are kept on the
+    CPU in `out_dtype`.
+    """
+    device = device or torch.device("cpu")
+    rank, world = shard
+    outs, order = [], []
+    batches = batcher.order(batch_size, shuffle=False, seed=0, epoch=0)[rank::world]
+    for idx in progress(batches) if progress else batches:
+        x = to_device(batcher.inputs(idx, generator), device, channels_last)
+        with autocast(device, bf16):
+            outs.append(fn(x).to(out_dtype).cpu())
+        order.append(idx)
+    if not outs:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    rows, idx = torch.cat(outs), torch.cat(order)
+    sort = torch.argsort(idx)
+    return rows[sort], idx[sort]
+
+
+def predict_outputs(model: nn.Module, batcher, *, batch_size: int = 128, bf16: bool = False,
+                    channels_last: bool = False, device: torch.device | None = None) -> torch.Tensor:
+    """Model outputs (N, num_outputs) in fp32 for every sample, in data order (eval mode)."""
+    model.eval()
+    return run_over_split(model, batcher, batch_size=batch_size, bf16=bf16, channels_last=channels_last,
+                          device=device)[0]

@@ -1,0 +1,42 @@
+"""The registry of backbone sources and the name-based entry points over it (the sources register here)."""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import HeadstartError
+from ..registry import Registry
+from .spec import BackboneSpec
+from .wrapper import FeatureBackbone
+
+SourceFn = Callable[..., tuple[FeatureBackbone, BackboneSpec]]
+SOURCES: Registry[SourceFn] = Registry("backbone source")
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """'timm:resnet50' -> ('timm', 'resnet50'); a bare name means timm, as timm users expect."""
+    source, sep, rest = name.partition(":")
+    if not sep:
+        return "timm", name
+    if source not in SOURCES:
+        raise HeadstartError(SOURCES.unknown_message(source) + f" Backbone names look like "
+                             f"'<source>:<model>', e.g. 'timm:resnet50'; received {name!r}.")
+    return source, rest
+
+
+def create_backbone(name: str, weights: str | None = None, **kwargs) -> tuple[FeatureBackbone, BackboneSpec]:
+    """Build a backbone by registered name, optionally loading weights (see `weights.resolve_weights`)."""
+    source, model_name = split_name(name)
+    return SOURCES.get(source)(model_name, weights=weights, **kwargs)
+
+
+def list_backbones(pattern: str = "*") -> list[str]:
+    """Backbone names matching a wildcard pattern like ``timm:resnet*`` (a bare pattern searches every source)."""
+    import fnmatch
+
+    source_pat, _, model_pat = pattern.rpartition(":")
+    names: list[str] = []
+    for source in SOURCES:
+        lister = getattr(SOURCES.get(source), "list_models", None)
+        if lister and fnmatch.fnmatch(source, source_pat or "*"):
+            names += [f"{source}:{m}" for m in lister(model_pat)]
+    return names
