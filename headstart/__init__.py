@@ -15,8 +15,9 @@ from .data import datasets
 from .errors import BundleError, ConfigError, DataError, HeadstartError
 from .inference import Predictor, evaluate, load
 from .model import TransferModel, create_model
-from .run import RunResult, fit
-from .rank import RankResult, rank  # hs.rank is the function (it shadows the submodule attribute)
+from .api import fit, rank
+from .plan.rank import RankResult
+from .run import RunResult
 from .strategies import trainable_summary
 
 __version__ = "0.1.0"

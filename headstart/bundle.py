@@ -5,18 +5,20 @@ reads the weights with safetensors, which cannot run code.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 import torch.nn as nn
 
 from .atomic import atomic_write, atomic_write_text
 from .backbones import create_backbone
 from .backbones.custom import wrap_module
-from .backbones.spec import TextPreprocessing, preprocessing_from_dict
-from .errors import BundleError
+from .backbones.spec import CUSTOM_PREFIX, TextPreprocessing, preprocessing_from_dict
+from .errors import BundleError, HeadstartError
 from .model import TransferModel
 
 FORMAT = "headstart-bundle"
@@ -39,9 +41,7 @@ def bundle_writer(model: TransferModel, path: str | Path, extra: dict[str, Any] 
 
     path = Path(path)
     state, adapters = model.state_dict(), None
-    if getattr(model, "adapters", None):  # PEFT: adapters + head only, or merged if the base can't be rebuilt
-        from .strategies.peft import bundle_contents
-
+    if model.adapters:  # PEFT: adapters + head only, or merged if the base can't be rebuilt
         state, adapters, model = bundle_contents(model)
     state = {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
     meta = {"format": FORMAT, "version": VERSION, **model.describe(), **({"adapters": adapters} if adapters else {}),
@@ -61,6 +61,67 @@ def bundle_writer(model: TransferModel, path: str | Path, extra: dict[str, Any] 
         return path
 
     return write
+
+
+# ----------------------------------------------------------------------------- PEFT bundles
+
+def base_is_reproducible(model) -> bool:
+    """True when the base weights can be rebuilt from their source (a file, package or hub name)."""
+    return bool(model.spec.weights) and not model.spec.is_custom
+
+
+def adapter_state(model) -> dict[str, torch.Tensor]:
+    """What an adapter bundle stores: the adapters, the head, and the statistics of norm layers that updated."""
+    kept = set(model.adapter_parameter_names()) | set(model.head_parameter_names())
+    state = model.state_dict()
+    trained_norms = [f"backbone.{n}" for n, m in model.backbone.named_modules()
+                     if isinstance(m, nn.modules.batchnorm._NormBase)
+                     and not any(f"backbone.{n}" == k or f"backbone.{n}".startswith(k + ".") for k in model.eval_modules)]
+    heads = tuple(f"{name}." for name in model.heads)
+    keys = [k for k in state if k in kept or k.startswith(heads)
+            or any(k.startswith(n + ".") and k.rsplit(".", 1)[-1] in ("running_mean", "running_var",
+                                                                       "num_batches_tracked") for n in trained_norms)]
+    return {k: state[k] for k in keys}
+
+
+def bundle_contents(model) -> tuple[dict[str, torch.Tensor], dict | None, nn.Module]:
+    """(state to save, adapter metadata or None, the model whose description goes into the bundle).
+
+    Adapters + head when the base weights can be rebuilt; otherwise a merged copy, saved in full.
+    """
+    if base_is_reproducible(model):
+        meta = {**model.adapters, "base_weights": model.spec.weights, "base_weights_id": model.spec.weights_id}
+        return adapter_state(model), meta, model
+    merged = copy.deepcopy(model).merge_adapters()
+    return merged.state_dict(), None, merged
+
+
+def rebuild_base(source: str, adapters: dict, preprocessing=None):
+    """The backbone an adapter bundle was trained on, with its base weights, checked by their identity.
+
+    Raises:
+        BundleError: the base weights cannot be loaded, or are not the ones the adapters were trained on.
+    """
+    weights, weights_id = adapters["base_weights"], adapters.get("base_weights_id")
+    text = {"pooling": preprocessing.pooling, "max_length": preprocessing.max_length} \
+        if isinstance(preprocessing, TextPreprocessing) else {}
+    try:
+        backbone, spec = create_backbone(source, weights=weights, **text)
+    except HeadstartError as e:
+        raise BundleError(f"this bundle holds {adapters['method']} adapters and a head only; it needs its base "
+                          f"weights {weights!r}, which did not load: {e}") from None
+    if weights_id and spec.weights_id and spec.weights_id != weights_id:
+        raise BundleError(f"the base weights {weights!r} have changed since the adapters were trained (sha256 "
+                          f"{spec.weights_id} now, {weights_id} then); restore those weights or retrain.")
+    if preprocessing is not None:
+        spec.preprocessing = preprocessing
+    return backbone, spec
+
+
+def restore_adapters(model, adapters: dict) -> set[str]:
+    """Re-create a bundle's adapters on a freshly built model; returns the state keys the bundle must hold."""
+    model.add_adapters({k: v for k, v in adapters.items() if not k.startswith("base_weights")})
+    return set(model.adapter_parameter_names()) | set(model.head_parameter_names())
 
 
 def bundle_dir(path: str | Path) -> Path:
@@ -114,12 +175,10 @@ def load_model(path: str | Path, module: nn.Module | None = None, num_classes: i
     adapters = meta.get("adapters")
     if module is not None:
         backbone, spec = wrap_module(module, pre, name=bb["source"])
-    elif bb["source"].startswith("module:"):
+    elif bb["source"].startswith(CUSTOM_PREFIX):
         raise BundleError(f"bundle {str(folder)!r} holds a custom module ({bb['source']}); pass the "
                           "architecture: hs.load(path, module=MyNet()).")
     elif adapters:  # a PEFT bundle holds adapters and head only: the base weights come from their source
-        from .strategies.peft import rebuild_base
-
         backbone, spec = rebuild_base(bb["source"], adapters, pre)
     elif isinstance(pre, TextPreprocessing):
         from .backbones.hf_source import text_backbone_from_folder
@@ -131,9 +190,10 @@ def load_model(path: str | Path, module: nn.Module | None = None, num_classes: i
     spec.weights, spec.weights_id = bb.get("weights"), bb.get("weights_id")
     model = TransferModel(backbone, spec, head["kind"], head["num_outputs"], labels or None, task,
                           head["dropout"], head["hidden"])
+    for name, h in meta.get("extra_heads", {}).items():
+        model.add_head(name, h["num_outputs"], task=h["task"], kind=h["kind"], labels=h["labels"] or None,
+                       dropout=h["dropout"], hidden=h["hidden"])
     if adapters:
-        from .strategies.peft import restore_adapters
-
         required = restore_adapters(model, adapters)
     try:
         state = load_file(str(folder / WEIGHTS))

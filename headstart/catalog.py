@@ -54,7 +54,7 @@ def _weights():
 
 
 def _scores():
-    from .transferability import SCORES
+    from .plan.transferability import SCORES
 
     return SCORES
 

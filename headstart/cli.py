@@ -54,7 +54,7 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
     """Train a model; writes a run folder (config, metrics, checkpoints, best model bundle)."""
     from .config import load_config
     from .data import list_datasets
-    from .run.from_config import fit_from_config
+    from .api import fit_from_config
 
     if resume is not None:
         saved = resume / "config.yaml"
@@ -92,24 +92,19 @@ def evaluate(run: Path = typer.Argument(..., help="run folder or bundle"),
              label_column: Optional[str] = typer.Option(None, "--label-column", help="text file: label column"),
              ) -> None:
     """Metrics of a trained model on labelled data."""
-    from .data import image_folder, is_text_file, list_datasets, text_file
-    from .data import datasets as builtin
+    from .data.sources import is_builtin, resolve_source
     from .inference import load
 
     predictor = load(run)
-    if data in list_datasets():
-        splits = builtin.load(data)
-    elif is_text_file(data):  # all of it evaluated, read from the columns the model was trained on
-        cols = predictor.columns or {}
-        splits = text_file(data, list(text_column) or cols.get("text_columns") or "text",
-                           label_column or cols.get("label_column") or "label",
-                           text_pair=bool(cols.get("text_pair")) and not text_column,
-                           multi_label=predictor.model.task == "multilabel",
-                           label_delimiter=cols.get("label_delimiter"), val_fraction=0.0)
-        split = "train"
-    else:  # a folder of class sub-folders, all of it evaluated
-        pre = predictor.model.spec.preprocessing
-        splits = image_folder(data, val=None, val_fraction=0.0, stored_size=int(max(pre.image_size) / pre.crop_pct) + 1)
+    cols = predictor.columns or {}  # a text model reads the columns it was trained on, unless told others
+    whole = not is_builtin(data)  # a whole folder or file is evaluated: all of it in the training split
+    splits = resolve_source(data, predictor.model.spec, **({"val_fraction": 0.0} if whole else {}),
+                            text_column=list(text_column) or cols.get("text_columns") or "text",
+                            label_column=label_column or cols.get("label_column") or "label",
+                            text_pair=bool(cols.get("text_pair")) and not text_column,
+                            multi_label=predictor.model.task == "multilabel",
+                            label_delimiter=cols.get("label_delimiter"))
+    if whole:
         split = "train"
     typer.echo(format_metrics(predictor.evaluate(splits, split)))
 
@@ -202,7 +197,8 @@ def rank(ctx: typer.Context,
          seed: int = typer.Option(0, help="data subset, random-init weights and proxy runs"),
          ) -> None:
     """Rank backbones for a data set by a transferability score (one feature pass each), optionally confirm."""
-    from .rank import load_data, rank as rank_backbones
+    from .api import rank as rank_backbones
+    from .plan.rank import load_data
 
     unknown = [a for a in ctx.args if a.startswith("-")]
     if unknown:

@@ -59,13 +59,11 @@ def run_demo(out: str = "runs/demo", subset: int = 200, epochs: int = 3) -> dict
 
 def fit_and_report(cfg, run_dir: Path, start: float, test_items: str, write_samples) -> dict:
     """Train a demo's config, write a few test samples, and print the accuracy and the predict command."""
-    from .run.from_config import data_from_config, model_from_config
-    from .run.trainer import fit
+    from .api import data_from_config, fit_from_config, model_from_config
 
     model = model_from_config(cfg)
     data = data_from_config(cfg, model)
-    result = fit(model, data, cfg.strategy.name, out=cfg.out, bn=cfg.strategy.bn, augment=cfg.data.augment,
-                 record=cfg, **cfg.train.model_dump())
+    result = fit_from_config(cfg, model=model, data=data)
     samples = write_samples(data)
     minutes = (time.perf_counter() - start) / 60
     acc = result.test_metrics["test/accuracy"]

@@ -7,7 +7,7 @@ import pytest
 
 import headstart as hs
 from headstart.errors import ConfigError
-from headstart.strategies.auto import Signals, choose, decide, estimates, parse_budget, race
+from headstart.plan.auto import Signals, choose, decide, estimates, parse_budget, race
 
 
 def signals(**kw) -> Signals:
@@ -75,8 +75,8 @@ def test_small_data_gets_l2sp():
 
 
 def test_choose_is_deterministic_and_recorded(tiny_data, tmp_path):
-    a = choose(hs.create_model("toy:cnn", 3), tiny_data, "5m", seed=0)
-    b = choose(hs.create_model("toy:cnn", 3), tiny_data, "5m", seed=0)
+    a = choose(hs.create_model("toy:cnn", 3), tiny_data, "5m", seed=0, fit=hs.fit)
+    b = choose(hs.create_model("toy:cnn", 3), tiny_data, "5m", seed=0, fit=hs.fit)
     timeless = lambda d: {**d, "race": [{k: v for k, v in r.items() if k != "seconds"} for r in d["race"] or []]}  # noqa: E731
     assert timeless(a.to_dict()) == timeless(b.to_dict())
     assert a.signals["probe_accuracy"] is not None
@@ -109,7 +109,7 @@ def test_race_runs_when_the_budget_allows_and_its_winner_is_chosen(tiny_data):
 
     x, y = separable_images(48)  # a third still holds 12 per class: the same regime as the whole
     data = from_arrays(x, y, classes=["a", "b", "c"], val_fraction=0.25, seed=0, name="race")
-    d = choose(hs.create_model("toy:cnn", 3), data, "1h", epochs=2, seed=0)
+    d = choose(hs.create_model("toy:cnn", 3), data, "1h", epochs=2, seed=0, fit=hs.fit)
     assert d.race is not None and len(d.race) == 2
     mine, other = d.race
     # The runner-up wins only by more than the validation accuracy's standard error.
@@ -125,7 +125,7 @@ def test_no_race_on_a_handful_of_samples_and_an_empty_training_split_is_an_error
     from headstart.errors import DataError
 
     few = DataSplits(subsample_per_class(tiny_data.train, 1, None, 0), tiny_data.val, None, tiny_data.classes, "few")
-    d = choose(hs.create_model("toy:cnn", 3), few, "1h", epochs=2, seed=0)
+    d = choose(hs.create_model("toy:cnn", 3), few, "1h", epochs=2, seed=0, fit=hs.fit)
     assert d.race is None and any(r.startswith("no race") for r in d.reasons)
     empty = DataSplits(tiny_data.train.subset([]), tiny_data.val, None, tiny_data.classes, "empty")
     with pytest.raises(DataError, match="training split is empty"):
@@ -137,5 +137,5 @@ def test_no_race_when_a_third_of_the_data_falls_under_another_rule(tiny_data):
     # would judge another regime (on digits it picked LP-FT, 3 points worse on the whole data).
     d = decide(signals(per_class=130, n_train=1300), None)
     assert d.strategy == "full"
-    race(hs.create_model("toy:cnn", 3), tiny_data, d, budget_s=1e9, epochs=5)
+    race(hs.create_model("toy:cnn", 3), tiny_data, d, budget_s=1e9, epochs=5, fit=hs.fit)
     assert d.race is None and d.strategy == "full" and any("different regime" in r for r in d.reasons)

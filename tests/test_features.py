@@ -113,13 +113,13 @@ def test_stage_chain_reproduces_forward_features_and_refuses_non_chains():
 
 def test_suffix_on_cached_prefix_equals_the_full_forward(tiny_data):
     from headstart.backbones.stages import frozen_prefix_length, sequential_stages
-    from headstart.run.cached_inputs import SuffixModel, prefix_activations
+    from headstart.run.inputs import SuffixModel, prefix_activations
 
     model = hs.create_model("toy:cnn", 3)
     stages = sequential_stages(model.backbone, torch.randn(2, 3, 32, 32))
     stem = model.backbone.net.stem
     stem.requires_grad_(False)
-    model.keep_eval = ("backbone.net.stem",)
+    model.keep_in_eval(("backbone.net.stem",))
     model.train()
     k = frozen_prefix_length(stages)
     assert k == len(list(stem.children()))  # conv, bn, relu of the stem; stage1 trains
@@ -129,7 +129,7 @@ def test_suffix_on_cached_prefix_equals_the_full_forward(tiny_data):
     x = batcher.inputs(torch.arange(len(tiny_data.train)))
     with torch.no_grad():
         torch.testing.assert_close(suffix(acts), model.eval()(x), rtol=1e-5, atol=1e-5)
-    model.keep_eval = ()
+    model.keep_in_eval(())
     model.train()  # the stem's BatchNorm would now update its statistics: the prefix may not be cached
     assert frozen_prefix_length(stages) == 1  # only the conv before it
 

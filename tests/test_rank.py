@@ -16,9 +16,9 @@ from headstart.cli import app
 from headstart.data import from_arrays
 from headstart.errors import ConfigError, DataError, HeadstartError
 from headstart.run import RunResult
-from headstart.transferability import leep, nce
+from headstart.plan.transferability import leep, nce
 
-rank_module = importlib.import_module("headstart.rank")  # hs.rank is the function, not the module
+rank_module = importlib.import_module("headstart.plan.rank")  # hs.rank is the function, not the module
 
 SIZE = 16  # toy:mlp reads 3x16x16 images; at this size its transform resizes nothing
 
@@ -112,9 +112,8 @@ def test_confirm_fine_tunes_top_k_and_recommends_best_val_accuracy(colour_data, 
         seen.append((model.spec.weights, strategy, epochs, data.test, out))
         return RunResult(out, [], 1, {"val/accuracy": proxy_acc[model.spec.weights]}, seconds=1.5)
 
-    monkeypatch.setattr(rank_module, "fit", fake_fit)
     result = hs.rank([pool["noise"], pool["weak"], pool["good"]], colour_data, "linear_probe", confirm=2,
-                     proxy_strategy="full", proxy_epochs=1, out=tmp_path / "r")
+                     proxy_strategy="full", proxy_epochs=1, out=tmp_path / "r", fit=fake_fit)
     assert [s[0] for s in seen] == [pool["good"].split("@")[1], pool["weak"].split("@")[1]]  # top 2, in order
     assert all(s[1:4] == ("full", 1, None) for s in seen)  # same recipe for all; the test split stays unseen
     assert [s[4].name for s in seen] == ["proxy-1", "proxy-2"]

@@ -23,9 +23,11 @@ from headstart.errors import BundleError, ConfigError
 from headstart.run import loop
 from headstart.run.checkpoint import load_checkpoint
 from headstart.run.optim import build_scheduler, regroup, warmup_cosine
-from headstart.strategies import STRATEGIES, get_strategy, merge_adapters, select_params, trainable_summary
-from headstart.strategies.param_groups import named_layer_groups
-from headstart.strategies.regularizers import L2SP, BatchSpectralShrinkage, with_regularizers
+from headstart.strategies import STRATEGIES, get_strategy, select_params, trainable_summary
+from headstart.strategies import named_layer_groups
+from headstart.data import Batch
+from headstart.objectives import Objective, Step, TaskTerm
+from headstart.objectives.regularizers import L2SP, BatchSpectralShrinkage
 
 FAST = dict(progress=False, batch_size=8, eval_batch_size=32)
 KINDS = ["cnn", "vit", "bert"]
@@ -161,8 +163,13 @@ def trainable(model) -> set[str]:
 
 
 def loss_of(model, strat, x, y):
-    objective = with_regularizers(hs.objectives.CrossEntropy(), strat.regularizers(model))
-    return objective(model, x, y)["loss"]
+    objective = Objective([TaskTerm(hs.objectives.CrossEntropy())]).with_terms(strat.regularizers(model))
+    return objective(model, model, Batch(x, y))["loss"]
+
+
+def step_of(model, features=None):
+    """What a loss term is given, for a term that reads only the model (and the features)."""
+    return Step(model, {}, features, None)
 
 
 # ------------------------------------------------------------------------------------------------ invariants
@@ -399,7 +406,7 @@ def test_adapters_start_as_the_base_model_and_merge_to_the_same_function(zoo, ki
     _perturb_adapters(model)
     unmerged = model(x)
     assert not torch.allclose(unmerged, base)
-    merge_adapters(model)
+    model.merge_adapters()
     torch.testing.assert_close(model(x), unmerged, rtol=1e-5, atol=1e-5)
     assert set(model.state_dict()) == keys and model.adapters is None
     assert [len(g.params) for g in model.spec.layer_groups] == [len(g) for g in groups]
@@ -492,39 +499,39 @@ def test_l2sp_is_the_distance_to_the_pretrained_weights(zoo):
     model, x, y = zoo("cnn")
     term = L2SP(model, alpha=0.3, beta=0.2)
     head_sq = sum(p.pow(2).sum() for p in model.head.parameters())
-    torch.testing.assert_close(term(model), 0.1 * head_sq)  # w = w0: only beta/2 * ||head||^2
+    torch.testing.assert_close(term(step_of(model)), 0.1 * head_sq)  # w = w0: only beta/2 * ||head||^2
     w = model.backbone.net.stage1[0].weight
     delta = torch.randn_like(w) * 0.1
     with torch.no_grad():
         w.add_(delta)
-    value = term(model)
+    value = term(step_of(model))
     torch.testing.assert_close(value, 0.15 * delta.pow(2).sum() + 0.1 * head_sq)
     value.backward()
     torch.testing.assert_close(w.grad, 0.3 * delta)  # d/dw alpha/2 ||w - w0||^2 = alpha (w - w0)
     w.requires_grad_(False)  # frozen parameters are skipped: they cannot move
-    torch.testing.assert_close(term(model), 0.1 * head_sq)
+    torch.testing.assert_close(term(step_of(model)), 0.1 * head_sq)
 
 
 def test_bss_shrinks_the_smallest_singular_values_of_the_batch_features(zoo):
     model, x, y = zoo("cnn")
     features = torch.randn(8, 5)
     sigma = torch.linalg.svdvals(features.double())
-    value = BatchSpectralShrinkage(eta=0.5, k=2)(model, features)
+    value = BatchSpectralShrinkage(eta=0.5, k=2)(step_of(model, features))
     torch.testing.assert_close(value.double(), 0.5 * (sigma[-2:] ** 2).sum(), rtol=1e-5, atol=1e-6)
     # The objective hands the term the backbone's pooled features, taken from the real forward pass.
     seen = []
 
     class Spy(BatchSpectralShrinkage):
-        def __call__(self, model, features):
-            seen.append(features)
-            return super().__call__(model, features)
+        def __call__(self, step):
+            seen.append(step.features)
+            return super().__call__(step)
 
-    objective = with_regularizers(hs.objectives.CrossEntropy(), [Spy(eta=0.5, k=1)])
+    objective = Objective([TaskTerm(hs.objectives.CrossEntropy())]).with_terms([Spy(eta=0.5, k=1)])
     model.eval()
-    out = objective(model, x, y)
+    out = objective(model, model, Batch(x, y))
     torch.testing.assert_close(seen[0], model.forward_features(x))
     plain = F.cross_entropy(model(x), y)
-    torch.testing.assert_close(out["loss"], plain + BatchSpectralShrinkage(0.5, 1)(model, seen[0]))
+    torch.testing.assert_close(out["loss"], plain + BatchSpectralShrinkage(0.5, 1)(step_of(model, seen[0])))
     assert objective.loss(model(x), y).item() == pytest.approx(plain.item())  # evaluation loss stays plain
 
 
@@ -553,7 +560,7 @@ def test_partial_trains_what_the_spec_selects(zoo):
     model, *_ = zoo("cnn")
     get_strategy("partial", freeze="first:2").apply(model)
     assert trainable(model) == _last_groups(model, 1) | _head(model)
-    assert model.keep_eval == ("backbone.net.stem", "backbone.net.stage1")
+    assert model.eval_modules == ("backbone.net.stem", "backbone.net.stage1")
 
 
 @pytest.mark.parametrize("options,message", [

@@ -13,7 +13,7 @@ import headstart as hs
 from headstart.data import iterate_batches
 from headstart.data import make_batcher
 from headstart.errors import ConfigError, DataError
-from headstart.objectives import CrossEntropy
+from headstart.objectives import CrossEntropy, Objective, TaskTerm
 from headstart.run import loop
 from headstart.run.optim import build_scheduler
 from headstart.strategies import STRATEGIES, build_param_groups, get_strategy, trainable_summary
@@ -106,7 +106,7 @@ def test_gradient_accumulation_equals_one_large_batch(tiny_data):
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
         sched = build_scheduler(opt, 10, 0, "constant")
         batcher = make_batcher(data, model.spec, train=False)
-        loop.train_epoch(model, CrossEntropy(), opt, sched, batcher, epoch=0, batch_size=batch,
+        loop.train_epoch(model, model, Objective([TaskTerm(CrossEntropy())]), opt, sched, batcher, epoch=0, batch_size=batch,
                          grad_accum=accum, seed=0)
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results):

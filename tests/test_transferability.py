@@ -10,7 +10,7 @@ import torch
 
 from headstart.errors import DataError
 from headstart.registry import UnknownNameError
-from headstart.transferability import (SCORES, _ledoit_wolf_shrinkage, h_score, leep, linear_probe_proxy, logme,
+from headstart.plan.transferability import (SCORES, _ledoit_wolf_shrinkage, h_score, leep, linear_probe_proxy, logme,
                                        nce, score)
 
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import HeadstartError
-from .spec import BackboneSpec, ImagePreprocessing, groups_from_children
+from .spec import CUSTOM_PREFIX, BackboneSpec, ImagePreprocessing, groups_from_children
 from .wrapper import FeatureBackbone, prefixed
 
 
@@ -31,7 +31,7 @@ def wrap_module(net: nn.Module, preprocessing: ImagePreprocessing | None = None,
     finally:
         net.train(was_training)
     groups = prefixed(groups_from_children(net))
-    spec = BackboneSpec(source=name or f"module:{type(net).__name__}", modality="image",
+    spec = BackboneSpec(source=name or f"{CUSTOM_PREFIX}{type(net).__name__}", modality="image",
                         num_features=out.shape[1], preprocessing=pre, layer_groups=groups)
     return backbone, spec
 

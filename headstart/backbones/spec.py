@@ -71,6 +71,9 @@ def preprocessing_from_dict(d: dict[str, Any] | None) -> "ImagePreprocessing | T
     return TextPreprocessing.from_dict(d) if d.get("kind") == "text" else ImagePreprocessing.from_dict(d)
 
 
+CUSTOM_PREFIX = "module:"  # the source of a backbone wrapped from a user's own nn.Module
+
+
 @dataclass(frozen=True)
 class LayerGroup:
     """A named, ordered slice of the backbone's parameters (names relative to the backbone)."""
@@ -96,6 +99,11 @@ class BackboneSpec:
     weights: str | None = None
     weights_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_custom(self) -> bool:
+        """A user's own nn.Module (source ``module:<class>``): its architecture cannot be rebuilt by name."""
+        return self.source.startswith(CUSTOM_PREFIX)
 
     @property
     def group_names(self) -> list[str]:

@@ -1,15 +1,21 @@
 """Data: in-memory image and text sets, folder, array and table-file loaders, batch transforms, batch order, named data sets."""
 from .batches import epoch_permutation, iterate_batches, num_batches
 from .datasets import DATASETS, FASHION_MNIST_CLASSES, list_datasets, load
-from .images import (IMAGE_EXTENSIONS, DataSplits, ImageData, from_arrays, image_folder, images_to_uint8,
+from .splits import DataSplits, Split
+from .images import (IMAGE_EXTENSIONS, ImageData, from_arrays, image_folder, images_to_uint8,
                      load_image_files, stratified_split, subsample_per_class)
 from .transforms import BatchTransform
-from .batcher import BATCHERS, make_batcher  # noqa: E402  (after the data types it dispatches on)
+from .batcher import BATCHERS, Batch, FeatureBatcher, FeatureData, TwoStreamBatcher, make_batcher
 from .text import (TextBatcher, TextData, from_texts, is_text_file, read_records, read_texts,  # noqa: E402
                    text_file)
 
 __all__ = [
     "BATCHERS",
+    "Batch",
+    "FeatureBatcher",
+    "FeatureData",
+    "Split",
+    "TwoStreamBatcher",
     "BatchTransform",
     "DATASETS",
     "DataSplits",

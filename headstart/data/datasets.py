@@ -15,7 +15,8 @@ import torch
 
 from ..errors import DataError
 from ..registry import Registry
-from .images import DataSplits, ImageData, stratified_split, subsample_per_class
+from .images import ImageData, stratified_split, subsample_per_class
+from .splits import DataSplits
 
 DATASETS: Registry[Callable[..., DataSplits]] = Registry("data set")
 

@@ -9,12 +9,13 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import DataError
+from .splits import DataSplits
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                                      ".ppm", ".pgm", ".pbm")
@@ -28,6 +29,8 @@ _WARN_LIMIT = 10  # bad files warned about one by one; the rest are summed up in
 class ImageData:
     """Images stored as uint8 (N, C, H, W) with C in {1, 3}, their targets and class names."""
 
+    modality: ClassVar[str] = "image"
+    columns: ClassVar[None] = None  # images come from files, not table columns (see TextData.columns)
     images: torch.Tensor
     targets: torch.Tensor  # (N,) int64 class indices, or float32 for regression
     classes: list[str]  # empty for regression
@@ -69,25 +72,6 @@ class ImageData:
         hash_tensor(h, self.images)
         hash_tensor(h, self.targets)
         return h.hexdigest()
-
-
-@dataclass
-class DataSplits:
-    """The train / val / test parts of one data set and the class names they share."""
-
-    train: ImageData
-    val: ImageData | None
-    test: ImageData | None
-    classes: list[str]
-    name: str
-    modality: str = "image"
-
-    def __post_init__(self) -> None:
-        for part_name, part in (("train", self.train), ("val", self.val), ("test", self.test)):
-            if part is not None and list(part.classes) != list(self.classes):
-                raise DataError(f"the {part_name} part of data set {self.name!r} has classes {part.classes[:10]}, "
-                                f"but the data set's classes are {self.classes[:10]}; all parts must share "
-                                f"the same class list (same names, same order).")
 
 
 def _check_image_data(images: Any, targets: Any, classes: Any, paths: Any) -> None:

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .batcher import BATCHERS
+from .batcher import BATCHERS, SplitBatcher
 from .batches import iterate_batches
-from .images import DataSplits, hash_tensor, row_indices, stratified_split
+from .images import hash_tensor, row_indices, stratified_split
+from .splits import DataSplits
 
 Text = Union[str, tuple[str, str]]
 TEXT_FILE_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet")
@@ -533,7 +534,7 @@ def length_grouped_order(lengths: torch.Tensor, batch_size: int, shuffle: bool, 
 
 
 @BATCHERS.register("text")
-class TextBatcher:
+class TextBatcher(SplitBatcher):
     """Tokenises a TextData split once with the spec's tokenizer; yields dynamically padded token dicts."""
 
     def __init__(self, data: TextData, spec, train: bool, augment: bool = True):

@@ -1,4 +1,6 @@
-"""Running training: fit() and its pieces (loop, optimizer, checkpoints, precision)."""
-from .trainer import RunResult, fit, read_metrics
+"""Running training: fit() over plain settings and its pieces (loop, inputs, optimizer, checkpoints, folder)."""
+from .folder import RunFolder, read_metrics
+from .settings import EarlyStopping, TrainSettings
+from .trainer import RunResult, fit, prepare_head
 
-__all__ = ["RunResult", "fit", "read_metrics"]
+__all__ = ["EarlyStopping", "RunFolder", "RunResult", "TrainSettings", "fit", "prepare_head", "read_metrics"]

@@ -8,14 +8,18 @@ import torch.nn as nn
 
 from ..data.batcher import Batcher
 from ..metrics import compute_metrics
-from ..runtime import autocast, predict_outputs, to_device
+from ..runtime import autocast, predict_outputs
 
 
-def train_epoch(model: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, scheduler,
+def train_epoch(model: nn.Module, core: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, scheduler,
                 batcher: Batcher, *, epoch: int, batch_size: int, grad_accum: int = 1,
                 clip_grad_norm: float | None = None, bf16: bool = False, channels_last: bool = False,
                 seed: int = 0, accelerator=None, progress: Callable | None = None) -> dict[str, float]:
-    """One pass over the batcher's data; returns the mean training loss.
+    """One pass over the batcher's data; returns the mean training loss (and each term's, when the objective
+    has several).
+
+    `model` runs the steps (maybe a DDP wrapper or a head on cached features); `core` is the TransferModel
+    the objective's terms are given.
 
     Gradients of `grad_accum` consecutive batches are summed before a step, each loss divided by the size
     of its accumulation window, so k batches of b give the same step as one batch of k*b.
@@ -27,17 +31,19 @@ def train_epoch(model: nn.Module, objective: Callable, optimizer: torch.optim.Op
     batches = batcher.order(batch_size, shuffle=True, seed=seed, epoch=epoch, rank=rank, world_size=world)
     model.train()
     total, count = torch.zeros((), dtype=torch.float64), 0
+    terms: dict[str, torch.Tensor] = {}
     for i, idx in enumerate(progress(batches) if progress else batches):
         window_start = (i // grad_accum) * grad_accum
         window = min(grad_accum, len(batches) - window_start)
-        x = to_device(batcher.inputs(idx, augment_rng), device, channels_last)
-        y = batcher.data.targets[idx].to(device)
+        batch = batcher.batch(idx, augment_rng).to(device, channels_last)
         with autocast(device, bf16):
-            out = objective(model, x, y)
+            out = objective(model, core, batch)
         loss = out["loss"] / window
         accelerator.backward(loss) if accelerator else loss.backward()
         total += out["loss"].detach().double() * len(idx)
         count += len(idx)
+        for name in objective_terms(out):
+            terms[name] = terms.get(name, 0.0) + out[name].double() * len(idx)
         if i == window_start + window - 1:  # end of an accumulation window
             if clip_grad_norm is not None:
                 params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -45,7 +51,13 @@ def train_epoch(model: nn.Module, objective: Callable, optimizer: torch.optim.Op
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-    return {"train/loss": (total / max(count, 1)).item()}
+    return {"train/loss": (total / max(count, 1)).item(),
+            **{f"train/{name}": (value / max(count, 1)).item() for name, value in terms.items()}}
+
+
+def objective_terms(out: dict) -> list[str]:
+    """The names of the per-term values an objective's step output carries (beside loss and outputs)."""
+    return [k for k in out if k not in ("loss", "outputs")]
 
 
 def evaluate_split(model: nn.Module, batcher: Batcher, metric_names: list[str], prefix: str,

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+from ..errors import ConfigError
+
 PROPORTIONS = ("val/accuracy", "val/top5")
 
 
@@ -28,6 +30,7 @@ class BestEpoch:
     """The kept epoch's metric and val loss, updated online (a run can only save the epoch it is on)."""
 
     def __init__(self, monitor: str, mode: str, val_size: int):
+        self.monitor = monitor
         self.sign = 1.0 if mode == "max" else -1.0
         self.val_size = val_size if monitor in PROPORTIONS and mode == "max" else 0
         self.value: float | None = None  # the kept epoch's metric
@@ -55,6 +58,13 @@ class BestEpoch:
             self.value, self.loss, self.epoch = value, loss, epoch
         return keep
 
+    def offer_row(self, row: dict, epoch: int) -> bool:
+        """`offer` the monitored metric and val loss of an epoch's metrics row."""
+        if self.monitor not in row:
+            raise ConfigError(f"early_stopping.metric {self.monitor!r} is not logged; choose one of "
+                              f"{', '.join(k for k in row if '/' in k)}")
+        return self.offer(row[self.monitor], row.get("val/loss"), epoch)
+
     def state_dict(self) -> dict:
         return {"best": self.value, "best_loss": self.loss, "best_epoch": self.epoch,
                 "best_top": None if self.top is None else self.sign * self.top}
@@ -64,3 +74,14 @@ class BestEpoch:
         self.value, self.loss, self.epoch = state["best"], state.get("best_loss"), state["best_epoch"]
         top = state.get("best_top", self.value)
         self.top = None if top is None else self.sign * top
+
+
+def monitored_metric(task: str, early_stopping) -> tuple[str, str]:
+    """(metric, mode) that picks the best epoch: the early-stopping metric, or where its default does not
+    fit the task, the task's own (val MSE for regression, val mAP for multi-label)."""
+    es = early_stopping
+    if task == "regression" and es.metric == "val/accuracy":  # the default makes no sense there
+        return "val/mse", "min"
+    if task == "multilabel" and es.metric == "val/accuracy":  # threshold-free ranking quality
+        return "val/mAP", "max"
+    return es.metric, es.mode

@@ -1,13 +1,47 @@
-"""The Strategy interface, the BatchNorm policy every strategy shares, and the one way to set what trains."""
+"""The Strategy interface, its registry and options, the BatchNorm policy every strategy shares, and the one
+way to set what trains.
+
+A strategy declares its options once, as a frozen dataclass (`Strategy.Options`, like peft's `LoraConfig`):
+its fields, defaults and checks. `get_strategy`, the run config's schema and `headstart list strategies` are
+all derived from it.
+"""
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal
 
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..objectives.regularizers import L2SP, BatchSpectralShrinkage
+from ..options import declared, option
+from ..registry import Registry
+from .groups import build_param_groups
 
 BN_POLICIES = ("auto", "frozen", "train")
+
+
+@dataclass(frozen=True)
+class StrategyOptions:
+    """Options every strategy takes: the BatchNorm policy and the regularisers any strategy may add.
+
+    When L2-SP is on, weight decay is off: L2-SP replaces it (decay towards zero would fight the pull).
+    """
+
+    bn: Literal["auto", "frozen", "train"] = option("auto", "BatchNorm statistics: auto (the strategy's default), frozen or train")
+    l2sp_alpha: float = option(0.0, "L2-SP pull towards the pretrained weights (0 = off)")
+    l2sp_beta: float = option(0.0, "L2-SP's L2 penalty on the head (0 = off)")
+    bss_eta: float = option(0.0, "batch spectral shrinkage strength (0 = off)")
+    bss_k: int = option(1, "number of smallest singular values BSS shrinks")
+
+    def __post_init__(self) -> None:
+        if self.bn not in BN_POLICIES:
+            raise ConfigError(f"unknown BatchNorm policy {self.bn!r}; choose one of {', '.join(BN_POLICIES)}")
+        for key in ("l2sp_alpha", "l2sp_beta", "bss_eta"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0 (0 turns it off), received {getattr(self, key)}")
+        if self.bss_k < 1:
+            raise ConfigError(f"bss_k is the number of smallest singular values to shrink, >= 1; received {self.bss_k}")
 
 
 def norm_layers(module: nn.Module, prefix: str) -> list[str]:
@@ -46,41 +80,32 @@ def set_trainable(model, trainable: Iterable[str], bn: str) -> None:
     names = set(trainable)
     for name, p in model.named_parameters():
         p.requires_grad_(name in names)
-    model.keep_eval = eval_modules(model, bn)
+    model.keep_in_eval(eval_modules(model, bn))
 
 
 def head_params(model) -> list[str]:
-    return [n for n, _ in model.named_parameters() if n.startswith("head.")]
+    return model.head_parameter_names()
 
 
 class Strategy:
     """Base class: decides `requires_grad`, BatchNorm mode and optimizer groups, nothing else.
 
-    Subclasses implement `apply` (what trains at an epoch) and, where learning rates differ per layer group,
-    `group_lrs`. Any strategy may add the regularisers of `regularizers.py`.
-
-    Args:
-        bn: ``frozen`` keeps BatchNorm statistics fixed (eval mode), ``train`` updates them in the layers that
-            train; ``auto`` takes the strategy's default. Frozen layers always keep their statistics.
-        l2sp_alpha, l2sp_beta: L2-SP strengths (pull to the pretrained weights; L2 on the head); 0 = off.
-            When on, weight decay is off: L2-SP replaces it (decay towards zero would fight the pull).
-        bss_eta, bss_k: batch spectral shrinkage strength and number of smallest singular values; 0 = off.
+    Subclasses declare their `Options` (a subclass of `StrategyOptions`) and implement `apply` (what trains
+    at an epoch) and, where learning rates differ per layer group, `group_lrs`. Any strategy may add the
+    regularisers of `objectives/regularizers.py` through the common options.
     """
 
     name = "base"
     default_bn = "train"
+    Options: type[StrategyOptions] = StrategyOptions
 
-    def __init__(self, bn: str = "auto", l2sp_alpha: float = 0.0, l2sp_beta: float = 0.0, bss_eta: float = 0.0,
-                 bss_k: int = 1):
-        if bn not in BN_POLICIES:
-            raise ConfigError(f"unknown BatchNorm policy {bn!r}; choose one of {', '.join(BN_POLICIES)}")
-        for key, value in (("l2sp_alpha", l2sp_alpha), ("l2sp_beta", l2sp_beta), ("bss_eta", bss_eta)):
-            if value < 0:
-                raise ConfigError(f"{key} must be >= 0 (0 turns it off), received {value}")
-        if bss_k < 1:
-            raise ConfigError(f"bss_k is the number of smallest singular values to shrink, >= 1; received {bss_k}")
-        self.bn = self.default_bn if bn == "auto" else bn
-        self.l2sp_alpha, self.l2sp_beta, self.bss_eta, self.bss_k = l2sp_alpha, l2sp_beta, bss_eta, bss_k
+    def __init__(self, **options: Any):
+        unknown = sorted(set(options) - set(declared(self.Options)))
+        if unknown:
+            raise ConfigError(f"strategy {self.name!r} does not take {', '.join(unknown)}; its options are "
+                              f"{', '.join(declared(self.Options))}. Remove them or choose a strategy that uses them.")
+        self.options = self.Options(**options)
+        self.bn = self.default_bn if self.options.bn == "auto" else self.options.bn
 
     def apply(self, model, epoch: int = 0) -> None:
         """Set what trains at `epoch` (0-based). Must be a pure function of (model structure, epoch)."""
@@ -105,24 +130,37 @@ class Strategy:
     def param_groups(self, model, epoch: int, lr: float, weight_decay: float,
                      head_lr: float | None = None) -> list[dict]:
         """Optimizer groups of exactly the parameters trainable at `epoch`, each with its own lr and decay."""
-        from .param_groups import build_param_groups
-
-        if self.l2sp_alpha or self.l2sp_beta:
+        if self.options.l2sp_alpha or self.options.l2sp_beta:
             weight_decay = 0.0
         return build_param_groups(model, lr, weight_decay, head_lr, self.group_lrs(model, epoch, lr, head_lr),
                                   no_decay=self.no_decay)
 
     def regularizers(self, model) -> list:
-        """Loss terms the objective adds (see `regularizers.py`); built before a resumed state is loaded,
-        so L2-SP's reference is the pretrained weights."""
-        from .regularizers import BatchSpectralShrinkage, L2SP
-
+        """Loss terms the objective adds; built before a resumed state is loaded, so L2-SP's reference is the
+        pretrained weights."""
+        o = self.options
         terms: list = []
-        if self.l2sp_alpha or self.l2sp_beta:
-            terms.append(L2SP(model, self.l2sp_alpha, self.l2sp_beta))
-        if self.bss_eta:
-            terms.append(BatchSpectralShrinkage(self.bss_eta, self.bss_k))
+        if o.l2sp_alpha or o.l2sp_beta:
+            terms.append(L2SP(model, o.l2sp_alpha, o.l2sp_beta))
+        if o.bss_eta:
+            terms.append(BatchSpectralShrinkage(o.bss_eta, o.bss_k))
         return terms
 
     def describe(self) -> dict:
         return {"name": self.name, "bn": self.bn}
+
+
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
+
+
+def strategy_options(name: str) -> list[str]:
+    """The keyword options a registered strategy takes (its own and the common ones: bn, regularisers)."""
+    return list(declared(STRATEGIES.get(name).Options))
+
+
+def get_strategy(name: str, **options) -> Strategy:
+    """Instantiate a registered strategy by name, e.g. ``get_strategy("gradual", unfreeze_every=2)``.
+
+    Options left at None take the strategy's default. An option the strategy does not take is an error.
+    """
+    return STRATEGIES.get(name)(**{k: v for k, v in options.items() if v is not None})

@@ -5,9 +5,11 @@ same on CNNs, ViTs and text encoders. The new head always trains.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..errors import ConfigError
-from . import STRATEGIES
-from .base import Strategy, head_params, set_trainable
+from ..options import option
+from .base import STRATEGIES, Strategy, StrategyOptions, head_params, set_trainable
 from .select import parse_spec, select_params
 
 
@@ -28,8 +30,8 @@ class LinearProbe(Strategy):
     name = "linear-probe"
     default_bn = "frozen"
 
-    def __init__(self, **common):
-        super().__init__(**common)
+    def __init__(self, **options):
+        super().__init__(**options)
         if self.bn == "train":
             raise ConfigError("bn='train' with linear-probe would let the frozen backbone's BatchNorm "
                               "statistics drift while the head learns (13 points lost on Fashion-MNIST). "
@@ -63,14 +65,22 @@ class Partial(Strategy):
     name = "partial"
     default_bn = "train"
 
-    def __init__(self, trainable: str | None = None, freeze: str | None = None, **common):
-        super().__init__(**common)
-        if trainable is not None and freeze is not None:
-            raise ConfigError(f"give either trainable ({trainable!r}) or freeze ({freeze!r}), not both: one "
-                              "is the complement of the other")
-        self.trainable = None if freeze is not None else (trainable or "last:1")
-        self.freeze = freeze
-        parse_spec(self.freeze if self.freeze is not None else self.trainable)
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        trainable: str | None = option(None, "freeze spec of the backbone layers that train (default last:1)")
+        freeze: str | None = option(None, "freeze spec of the backbone layers that stay frozen")
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.trainable is not None and self.freeze is not None:
+                raise ConfigError(f"give either trainable ({self.trainable!r}) or freeze ({self.freeze!r}), not "
+                                  "both: one is the complement of the other")
+            parse_spec(self.freeze if self.freeze is not None else (self.trainable or "last:1"))
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.freeze = self.options.freeze
+        self.trainable = None if self.freeze is not None else (self.options.trainable or "last:1")
 
     def apply(self, model, epoch: int = 0) -> None:
         everything, head = _all(model), set(head_params(model))
@@ -110,11 +120,18 @@ class Gradual(Strategy):
     name = "gradual"
     default_bn = "train"
 
-    def __init__(self, unfreeze_every: int = 1, **common):
-        super().__init__(**common)
-        if unfreeze_every < 1:
-            raise ConfigError(f"unfreeze_every must be >= 1 epoch, received {unfreeze_every}")
-        self.every = unfreeze_every
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        unfreeze_every: int = option(1, "epochs between unfreezing steps")
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.unfreeze_every < 1:
+                raise ConfigError(f"unfreeze_every must be >= 1 epoch, received {self.unfreeze_every}")
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.every = self.options.unfreeze_every
         self.num_groups: int | None = None  # known once applied to a model
 
     def unfrozen(self, model, epoch: int) -> int:
@@ -154,14 +171,22 @@ class LinearProbeThenFineTune(Strategy):
     name = "lp-ft"
     default_bn = "frozen"
 
-    def __init__(self, lp_epochs: int = 1, ft_lr_scale: float = 0.1, **common):
-        super().__init__(**common)
-        if lp_epochs < 1:
-            raise ConfigError(f"lp_epochs must be >= 1, received {lp_epochs}")
-        if not 0 < ft_lr_scale <= 1:
-            raise ConfigError(f"ft_lr_scale must be in (0, 1], received {ft_lr_scale}; fine-tuning after the "
-                              "probe uses a smaller rate, e.g. 0.1")
-        self.lp_epochs, self.ft_lr_scale = lp_epochs, ft_lr_scale
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        lp_epochs: int = option(1, "epochs of linear probing before fine-tuning")
+        ft_lr_scale: float = option(0.1, "fine-tuning lr = lr x ft_lr_scale (the head's too)")
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.lp_epochs < 1:
+                raise ConfigError(f"lp_epochs must be >= 1, received {self.lp_epochs}")
+            if not 0 < self.ft_lr_scale <= 1:
+                raise ConfigError(f"ft_lr_scale must be in (0, 1], received {self.ft_lr_scale}; fine-tuning after "
+                                  "the probe uses a smaller rate, e.g. 0.1")
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.lp_epochs, self.ft_lr_scale = self.options.lp_epochs, self.options.ft_lr_scale
 
     def apply(self, model, epoch: int = 0) -> None:
         set_trainable(model, head_params(model) if epoch < self.lp_epochs else _all(model), self.bn)

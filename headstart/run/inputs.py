@@ -2,47 +2,35 @@
 
 A frozen backbone gives the same features every epoch, and a frozen prefix of a chain backbone the same
 activations: `EpochInputs` trains the head (or the trainable suffix) on them instead, exactly, and drops a
-cache as soon as the part it covers trains.
+cache as soon as the part it covers trains. Each epoch's choice is one `EpochPlan`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from ..backbones.stages import StageChain, frozen_prefix_length, sequential_stages
+from ..data import FeatureBatcher, FeatureData, TwoStreamBatcher, make_batcher
 from ..features import cached_features
 from ..runtime import run_over_split
 
 
-class FeatureData:
-    """A split whose inputs are precomputed feature rows (N, F); same targets and classes as its source."""
+@dataclass(frozen=True)
+class EpochPlan:
+    """What one epoch trains and evaluates on."""
 
-    modality = "features"
-
-    def __init__(self, features: torch.Tensor, source):
-        if features.shape[0] != len(source):
-            raise ValueError(f"{features.shape[0]} feature rows for a split of {len(source)} samples")
-        self.features, self.targets, self.classes = features, source.targets, list(source.classes)
-
-    def __len__(self) -> int:
-        return self.features.shape[0]
-
-
-class FeatureBatcher:
-    """Batches of cached feature rows, in the same order an image batcher would give (same shuffles)."""
-
-    def __init__(self, data: FeatureData, spec=None, train: bool = False, augment: bool = False):
-        self.data = data
-
-    def order(self, batch_size: int, shuffle: bool, seed: int, epoch: int, rank: int = 0,
-              world_size: int = 1) -> list[torch.Tensor]:
-        from ..data.batches import iterate_batches
-
-        return list(iterate_batches(len(self.data), batch_size, shuffle, seed, epoch, rank, world_size))
-
-    def inputs(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.data.features[idx].float()  # bf16-stored activations: compute dtype is autocast's call
+    step_model: nn.Module  # runs the training steps (a DDP wrapper under several processes)
+    eval_model: nn.Module
+    train: Any  # batcher of the training split
+    val: Any  # batcher of the val split
+    source: str  # logged as the row's "inputs": raw inputs, cached features, cached activations after k stages
+    # Steps on cached features run the head alone, in fp32: bf16 saves nothing on one small matmul and costs
+    # the head precision (the benchmark's cached linear probe lost about a point in bf16).
+    head_only: bool = False
 
 
 class HeadOnly(nn.Module):
@@ -52,23 +40,15 @@ class HeadOnly(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, with_features: bool = False):
+        if with_features:
+            return self.model.forward_heads(features), features
         return self.model.forward_head(features)
 
     def train(self, mode: bool = True) -> "HeadOnly":
         self.model.train(mode)  # the model's own BN policy decides what really goes to train mode
         self.training = mode
         return self
-
-
-def _register() -> None:
-    from ..data.batcher import BATCHERS
-
-    if "features" not in BATCHERS:
-        BATCHERS.register("features")(FeatureBatcher)
-
-
-_register()
 
 
 def cached_feature_batchers(model, train, val, *, augment: bool, views: int, seed: int,
@@ -80,8 +60,6 @@ def cached_feature_batchers(model, train, val, *, augment: bool, views: int, see
     transform drawn with a generator seeded by (seed, v), so epochs cycle through a few augmented copies at
     the cost of `views` extraction passes instead of one per epoch.
     """
-    from ..data import make_batcher
-
     kwargs = dict(cache_dir=cache_dir, bf16=bf16, channels_last=channels_last, batch_size=batch_size, device=device)
     fp = train.fingerprint()
     train_views = []
@@ -101,13 +79,14 @@ class SuffixModel(nn.Module):
 
     def __init__(self, model: nn.Module, stages: list[nn.Module]):
         super().__init__()
-        from ..backbones.stages import StageChain
-
         self.model = model
         self.chain = StageChain(stages, finish=True)
 
-    def forward(self, activations: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.chain(activations))
+    def forward(self, activations: torch.Tensor, with_features: bool = False):
+        features = self.chain(activations)
+        if with_features:
+            return self.model.forward_heads(features), features
+        return self.model.forward_head(features)
 
     def train(self, mode: bool = True) -> "SuffixModel":
         self.model.train(mode)
@@ -122,8 +101,6 @@ def prefix_activations(stages: list[nn.Module], batcher, *, bf16: bool, channels
 
     Stored in bf16 when the run computes in bf16 (half the memory; the values were bf16 anyway).
     """
-    from ..backbones.stages import StageChain
-
     chain = StageChain(stages, finish=False)
     return run_over_split(chain, batcher, batch_size=batch_size, bf16=bf16, channels_last=channels_last,
                           device=device, out_dtype=torch.bfloat16 if bf16 else torch.float32)[0]
@@ -132,8 +109,6 @@ def prefix_activations(stages: list[nn.Module], batcher, *, bf16: bool, channels
 def prefix_cache_batchers(model, stages: list[nn.Module], k: int, train, val, *, bf16: bool, channels_last: bool,
                           batch_size: int, budget_gb: float, device: torch.device | None = None):
     """Batchers over activations after the first `k` (frozen) stages, or None when they exceed the budget."""
-    from ..data import make_batcher
-
     probe = prefix_activations(stages[:k], make_batcher(train.subset(torch.arange(1)), model.spec, train=False),
                                bf16=bf16, channels_last=channels_last, batch_size=1, device=device)
     needed_gb = probe.element_size() * probe.numel() * (len(train) + len(val)) / 1e9
@@ -160,10 +135,7 @@ class PrefixCache:
         self.batchers = None
 
     def plan(self, model, train, val, *, bf16: bool, channels_last: bool, batch_size: int, device=None):
-        """(step model, eval model, train batcher, val batcher) on cached activations, or None."""
-        from ..backbones.stages import frozen_prefix_length, sequential_stages
-        from ..data import make_batcher
-
+        """The epoch's plan on cached activations, or None."""
         if not self.checked:
             example = make_batcher(train.subset(torch.arange(min(2, len(train)))), model.spec, train=False)
             self.stages = sequential_stages(model.backbone, example.inputs(torch.arange(len(example.data))))
@@ -183,7 +155,8 @@ class PrefixCache:
             if self.batchers is None:
                 return None
         suffix = SuffixModel(model, self.stages[k:])
-        return suffix, suffix, self.batchers[0], self.batchers[1]
+        return EpochPlan(suffix, suffix, self.batchers[0], self.batchers[1],
+                         f"cached activations after {k} frozen stages")
 
 
 class EpochInputs:
@@ -195,14 +168,19 @@ class EpochInputs:
     augmentation) and prefix activations when augmentation is off; ``on`` uses both always (plain view);
     ``off`` never caches. Under DDP (`wrap` = the accelerator's prepare_model) feature extraction is sharded
     across the ranks, the plain view only, and the head trains wrapped so its gradients are averaged; the
-    prefix cache is single-process (each rank would hold every row's activations).
+    prefix cache is single-process (each rank would hold every row's activations). Data with an unlabeled
+    stream trains on raw inputs: its second stream goes through the whole model.
     """
 
-    def __init__(self, model, data, image_batches, val_image_batches, *, cache: str, augment: bool, views: int,
-                 seed: int, cache_dir, bf16: bool, channels_last: bool, batch_size: int, device, processes: int,
-                 budget_gb: float = 4.0, wrap=None):
-        self.data, self.images, self.val_images = data, image_batches, val_image_batches
-        self.enabled = cache != "off"
+    def __init__(self, model, data, *, cache: str, augment: bool, views: int, seed: int, cache_dir, bf16: bool,
+                 channels_last: bool, batch_size: int, device, processes: int, budget_gb: float = 4.0, wrap=None):
+        self.data = data
+        self.images = make_batcher(data.train, model.spec, train=True, augment=augment)
+        if data.unlabeled is not None:
+            self.images = TwoStreamBatcher(self.images, make_batcher(data.unlabeled, model.spec, train=True,
+                                                                     augment=augment))
+        self.val_images = make_batcher(data.val, model.spec, train=False)
+        self.enabled = cache != "off" and data.unlabeled is None
         self.prefix_enabled = self.enabled and processes == 1 and (cache == "on" or not augment)
         self.augment, self.seed, self.cache_dir = augment, seed, cache_dir
         self.views = views if processes == 1 else 1  # augmented views draw in batch order: not shardable
@@ -211,43 +189,41 @@ class EpochInputs:
         self.kwargs = dict(bf16=bf16, channels_last=channels_last, batch_size=batch_size, device=device)
         self.features = None
         self.prefix = PrefixCache(budget_gb)
-        self.used = "raw inputs"
-        # Steps on cached features run the head alone, in fp32: bf16 saves nothing on one small matmul and
-        # costs the head precision (the benchmark's cached linear probe lost about a point in bf16).
-        self.head_only = False
+        self.last: EpochPlan | None = None
 
-    def for_epoch(self, core, model, epoch: int):
-        """(step model, eval model, train batcher, val batcher) for this epoch."""
+    def for_epoch(self, core, model, epoch: int) -> EpochPlan:
+        """This epoch's plan (`core` is the model itself, `model` what trains it: maybe a DDP wrapper)."""
+        self.last = self._plan(core, model, epoch)
+        return self.last
+
+    def _plan(self, core, model, epoch: int) -> EpochPlan:
         if self.enabled and not core.backbone_trainable():
             if self.features is None:
                 self.features = cached_feature_batchers(core, self.data.train, self.data.val, augment=self.augment,
                                                         views=self.views, seed=self.seed, cache_dir=self.cache_dir,
                                                         **self.kwargs)
             views, val = self.features
-            self.used, self.head_only = "cached features", True
             if self.head_step is None:
                 self.head_step = self.wrap(HeadOnly(core)) if self.wrap else HeadOnly(core)
-            return self.head_step, HeadOnly(core), views[epoch % len(views)], val
-        self.features, self.head_only, self.head_step = None, False, None  # stale once the backbone trains
+            return EpochPlan(self.head_step, HeadOnly(core), views[epoch % len(views)], val, "cached features",
+                             head_only=True)
+        self.features, self.head_step = None, None  # stale once the backbone trains
         if self.prefix_enabled:
             plan = self.prefix.plan(core, self.data.train, self.data.val, **self.kwargs)
             if plan is not None:
-                self.used = f"cached activations after {self.prefix.k} frozen stages"
                 return plan
-        self.used = "raw inputs"
-        return model, core, self.images, self.val_images
+        return EpochPlan(model, core, self.images, self.val_images, "raw inputs")
 
     def test_inputs(self, best_model, test):
-        """(model, batcher) for the test pass: cached features when the run ended with a frozen backbone.
+        """(model, batcher, head_only) for the test pass: cached features when the run ended with a frozen
+        backbone, else the raw test inputs.
 
         The key holds the best model's own backbone weights, so features are reused only when they are its
         features; a later run on the same backbone and test data (another probe) skips the pass entirely.
         """
-        if not (self.enabled and self.head_only):
-            return None
-        from ..data import make_batcher
-
+        if not (self.enabled and self.last is not None and self.last.head_only):
+            return best_model, make_batcher(test, best_model.spec, train=False), False
         feats, _ = cached_features(best_model.backbone, best_model.spec, make_batcher(test, best_model.spec,
                                                                                      train=False),
                                    test.fingerprint(), cache_dir=self.cache_dir, **self.kwargs)
-        return HeadOnly(best_model), FeatureBatcher(FeatureData(feats, test))
+        return HeadOnly(best_model), FeatureBatcher(FeatureData(feats, test)), True

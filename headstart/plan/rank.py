@@ -23,18 +23,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from .atomic import atomic_write_text
-from .data import DataSplits, make_batcher
-from .errors import ConfigError, DataError, HeadstartError
-from .features import cached_features
-from .model import TransferModel, create_model
-from .run import fit
-from .runtime import inference_placement
+from ..atomic import atomic_write_text
+from ..backbones import split_name
+from ..backbones.weights import resolve_weights
+from ..data import DataSplits, make_batcher
+from ..data.sources import resolve_source
+from ..errors import ConfigError, DataError, HeadstartError
+from ..features import cached_features
+from ..model import TransferModel, create_model
+from ..runtime import inference_placement
 from .transferability import SCORES, _check_labels, score as compute_score
 
 # Names of a network's last Linear layer in timm, torchvision and lukemelas checkpoints.
@@ -130,8 +132,6 @@ def source_classifier(weights: str | None, num_features: int) -> tuple[torch.Ten
     with `<name>` ending in one of CLASSIFIER_NAMES and F input columns. None for random or hub weights
     (their classifier is not kept), weights without one, or an ambiguous file.
     """
-    from .backbones.weights import resolve_weights
-
     if weights is None or weights in ("random", "none", "hub"):
         return None
     state = resolve_weights(weights).state_dict
@@ -150,7 +150,7 @@ def rank(backbones: Sequence[str], data: DataSplits, score: str | Sequence[str] 
          image_size: int | None = None, cache_dir: str | Path | None = None, proxy_epochs: int = 2,
          proxy_strategy: str = "lp-ft", proxy_options: dict[str, Any] | None = None, seed: int = 0,
          precision: str = "auto", batch_size: int = 128, out: str | Path | None = None,
-         progress: bool = False) -> RankResult:
+         progress: bool = False, fit: Callable[..., Any] | None = None) -> RankResult:
     """Score every backbone on the training split without fine-tuning it; optionally confirm the top `confirm`.
 
     Args:
@@ -168,6 +168,7 @@ def rank(backbones: Sequence[str], data: DataSplits, score: str | Sequence[str] 
         precision: ``auto`` (bf16 where measured faster), ``bf16`` or ``fp32`` for the feature pass.
         out: folder for ``rank.json``, ``rank.md`` and the proxy runs (``proxy-<i>``); None keeps proxies in a
             temporary folder that is removed afterwards.
+        fit: what trains the proxies, with `hs.fit`'s signature (`hs.rank` passes `hs.fit`).
 
     Returns:
         RankResult: rows best first (score, seconds, whether the features came from the cache, proxy val
@@ -241,7 +242,9 @@ def rank(backbones: Sequence[str], data: DataSplits, score: str | Sequence[str] 
     proxy = {}
     if confirm:
         proxy = {"strategy": proxy_strategy, "epochs": proxy_epochs, "options": dict(proxy_options or {})}
-        _run_proxies(rows[:confirm], data, proxy_root, proxy_strategy, proxy_epochs, proxy_options or {}, seed,
+        if fit is None:
+            raise ConfigError("confirm > 0 fine-tunes proxies: pass fit=hs.fit (hs.rank does)")
+        _run_proxies(fit, rows[:confirm], data, proxy_root, proxy_strategy, proxy_epochs, proxy_options or {}, seed,
                      cache_dir, model_kwargs, progress, keep=out is not None)
     recommendation, reason = _recommend(rows, score_names[0], confirm, proxy_strategy, proxy_epochs)
     n_classes = len(np.unique(labels))
@@ -260,22 +263,10 @@ def load_data(source: str, *, subset: int | None = None, image_size: int | None 
     """A built-in data set by name, a text file (.csv, .tsv, .jsonl, .json, .parquet) or an image folder.
 
     `subset` keeps at most that many training examples per class (seeded). Image folders are decoded once at
-    the size the largest eval transform needs (`image_size` / 0.875, or 256 px).
+    the size the largest eval transform needs (`image_size` / 0.875, or 256 px): several backbones share them.
     """
-    from .data import datasets, image_folder, is_text_file, list_datasets, subsample_per_class, text_file
-
-    if source in list_datasets() and not Path(source).exists():
-        return datasets.load(source, subset=subset, seed=seed)
-    if is_text_file(source):
-        splits = text_file(source, text_column, label_column, seed=seed)
-    elif Path(source).is_dir():
-        splits = image_folder(source, seed=seed, stored_size=math.ceil(image_size / 0.875) if image_size else 256)
-    else:
-        raise DataError(f"data {source!r} is neither a built-in data set ({', '.join(list_datasets())}), a text "
-                        f"file (.csv, .tsv, .jsonl, .json, .parquet) nor an image folder.")
-    if subset is not None:
-        splits.train = subsample_per_class(splits.train, subset, None, seed)
-    return splits
+    return resolve_source(source, subset=subset, image_size=image_size, seed=seed, text_column=text_column,
+                          label_column=label_column)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -283,8 +274,6 @@ def load_data(source: str, *, subset: int | None = None, image_size: int | None 
 
 
 def _check_backbones(backbones: Sequence[str]) -> list[str]:
-    from .backbones import split_name
-
     if isinstance(backbones, str):
         raise ConfigError(f"backbones must be a list of names; received the single string {backbones!r}. "
                           f"Pass [{backbones!r}].")
@@ -358,8 +347,8 @@ def _source_head(entry: str, model: TransferModel, score_names: list[str]) -> tu
     return head
 
 
-def _run_proxies(rows: list[RankRow], data: DataSplits, root: Path | None, strategy: str, epochs: int,
-                 options: dict[str, Any], seed: int, cache_dir: str | Path | None, model_kwargs: dict[str, Any],
+def _run_proxies(fit: Callable[..., Any], rows: list[RankRow], data: DataSplits, root: Path | None, strategy: str,
+                 epochs: int, options: dict[str, Any], seed: int, cache_dir: str | Path | None, model_kwargs: dict[str, Any],
                  progress: bool, keep: bool) -> None:
     """Fine-tune each row's backbone identically and record its best val accuracy (test split untouched)."""
     root = root if keep else Path(tempfile.mkdtemp(prefix="headstart-rank-"))

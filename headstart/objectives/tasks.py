@@ -1,16 +1,20 @@
-"""Objectives turn a batch into a dict with "loss" plus what they log; one loop serves them all.
+"""Task losses, one per head type: `loss(outputs, targets)` gives a scalar (in fp32 under autocast).
 
-Each objective also exposes `loss(outputs, targets)`, used to score collected outputs at evaluation.
+A `TaskTerm` puts one on a head inside an `Objective`; evaluation scores collected outputs with it.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
-from .registry import Registry
+from ..errors import ConfigError
+from ..options import check_bounds, option
+from ..registry import Registry
 
-OBJECTIVES: Registry = Registry("objective")
+OBJECTIVES: Registry = Registry("task loss")
 
 
 @OBJECTIVES.register("cross_entropy")
@@ -26,9 +30,6 @@ class CrossEntropy:
         weight = None if self.class_weights is None else self.class_weights.to(logits.device)
         return F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=self.label_smoothing)
 
-    def __call__(self, model, x, y: torch.Tensor) -> dict:
-        logits = model(x)
-        return {"loss": self.loss(logits, y), "outputs": logits}
 
 
 @OBJECTIVES.register("mse")
@@ -41,9 +42,6 @@ class MeanSquaredError:
     def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(outputs.float().reshape(y.shape), y.float())
 
-    def __call__(self, model, x, y: torch.Tensor) -> dict:
-        out = model(x)
-        return {"loss": self.loss(out, y), "outputs": out}
 
 
 @OBJECTIVES.register("bce")
@@ -62,9 +60,6 @@ class BinaryCrossEntropy:
         weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
         return F.binary_cross_entropy_with_logits(logits.float(), y.float(), pos_weight=weight)
 
-    def __call__(self, model, x, y: torch.Tensor) -> dict:
-        logits = model(x)
-        return {"loss": self.loss(logits, y), "outputs": logits}
 
 
 def balanced_pos_weights(targets: torch.Tensor) -> torch.Tensor:
@@ -85,3 +80,30 @@ def balanced_class_weights(targets: torch.Tensor, num_classes: int) -> torch.Ten
         raise ConfigError(f"class_weights='balanced' needs every class in the training data; classes "
                           f"{missing} have no samples. Use class_weights='none' or add samples.")
     return counts.sum() / (num_classes * counts)
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The task loss of a run (the ``train.loss`` / ``label_smoothing`` / ``class_weights`` config keys)."""
+
+    loss: Literal["cross_entropy", "bce", "mse"] = "cross_entropy"  # bce: multi-label (the default there)
+    label_smoothing: float = option(0.0, ge=0.0, lt=1.0)
+    class_weights: Literal["none", "balanced"] = "none"
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+
+
+def task_loss(task: str, targets: torch.Tensor, num_outputs: int, settings: LossSettings = LossSettings()):
+    """The loss of a head of `task` (classification, multilabel, regression) trained on `targets`."""
+    if task == "regression":
+        return OBJECTIVES.get("mse")()
+    if task == "multilabel":
+        if settings.loss not in ("cross_entropy", "bce"):  # cross_entropy is the default: binary for multi-label
+            raise ConfigError(f"loss {settings.loss!r} does not fit a multi-label model; use 'bce'")
+        pos = balanced_pos_weights(targets) if settings.class_weights == "balanced" else None
+        return OBJECTIVES.get("bce")(pos_weight=pos)
+    if settings.loss != "cross_entropy":
+        raise ConfigError(f"loss {settings.loss!r} is for regression; a classification model uses 'cross_entropy'")
+    weights = balanced_class_weights(targets, num_outputs) if settings.class_weights == "balanced" else None
+    return OBJECTIVES.get("cross_entropy")(label_smoothing=settings.label_smoothing, class_weights=weights)

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DataError
-from .registry import Registry
+from ..errors import DataError
+from ..registry import Registry
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence
 

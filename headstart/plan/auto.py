@@ -27,16 +27,24 @@ Why these rules (evidence: the strategy grid in bench/results and the literature
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from ..atomic import atomic_write_text
+from ..data import DataSplits, make_batcher, stratified_split
 from ..errors import ConfigError
+from ..features import cached_features
+from ..run.selection import proportion_se
+from ..runtime import inference_placement
+from .transferability import linear_probe_proxy
 
 # Effective CPU throughput (GFLOP/s) used to turn FLOPs into seconds: about half the measured bf16 peak of the
 # 2-core machines for inference, a quarter for training steps (ASSETS.md: 22-69% of peak achieved).
@@ -212,11 +220,6 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
 
 def measure(model, data, *, seed: int = 0, cache_dir=None, max_probe: int = 4000) -> Signals:
     """Signals of a model and data set; the frozen features go through the feature cache (one pass)."""
-    from ..data import make_batcher
-    from ..features import cached_features
-    from ..runtime import inference_placement
-    from ..transferability import linear_probe_proxy
-
     train = data.train
     targets = train.targets
     counts = torch.bincount(targets) if targets.ndim == 1 and not targets.is_floating_point() else None
@@ -249,7 +252,8 @@ def lp_ft_options(modality: str) -> dict[str, Any]:
     return {**RACE_OPTIONS["lp-ft"], "ft_lr_scale": 1.0} if modality == "text" else dict(RACE_OPTIONS["lp-ft"])
 
 
-def race(model, data, decision: Decision, budget_s: float, epochs: int, *, seed: int = 0, cache_dir=None) -> None:
+def race(model, data, decision: Decision, budget_s: float, epochs: int, *, fit: Callable[..., Any], seed: int = 0,
+         cache_dir=None) -> None:
     """Successive halving between the heuristic's choice and its runner-up, when the budget leaves room.
 
     Both train on a stratified third of the training set for the epochs the final run will train, so each
@@ -257,15 +261,8 @@ def race(model, data, decision: Decision, budget_s: float, epochs: int, *, seed:
     heuristic's choice). A shorter race misleads: after 2 epochs on a third of digits, LP-FT led full
     fine-tuning 0.772 to 0.621 because it starts from a trained head, yet the full runs ended 0.947 to 0.958
     the other way. The race's estimated cost plus the winner's full run must fit the budget, otherwise the
-    heuristic stands. Updates `decision` in place.
+    heuristic stands. `fit` trains each contender (`hs.fit`'s signature). Updates `decision` in place.
     """
-    import copy
-    import tempfile
-
-    from ..data import DataSplits, stratified_split
-    from ..run.selection import proportion_se
-    from ..run.trainer import fit
-
     est = decision.estimates_s
     others = [c for c in RACE_ORDER if c != decision.strategy and est.get(c, math.inf) <= budget_s]
     if not others or decision.strategy not in RACE_ORDER or data.val is None or data.train.targets.ndim != 1:
@@ -323,10 +320,11 @@ def race(model, data, decision: Decision, budget_s: float, epochs: int, *, seed:
 
 
 def choose(model, data, budget: str | float | None = None, epochs: int | None = None, *, seed: int = 0,
-           cache_dir=None, run_dir: str | Path | None = None) -> Decision:
+           cache_dir=None, run_dir: str | Path | None = None, fit: Callable[..., Any] | None = None) -> Decision:
     """Measure, decide, and (with `run_dir`) write the decision and its reasons to `auto.json` there.
 
-    A run folder that already holds a decision reuses it, so a resumed run keeps its choice.
+    A run folder that already holds a decision reuses it, so a resumed run keeps its choice. With a budget,
+    the race trains its contenders with `fit` (`hs.fit`, which passes itself).
     """
     if run_dir is not None and (Path(run_dir) / DECISION_FILE).is_file():
         saved = json.loads((Path(run_dir) / DECISION_FILE).read_text())
@@ -334,10 +332,10 @@ def choose(model, data, budget: str | float | None = None, epochs: int | None = 
     budget_s = parse_budget(budget)
     decision = decide(measure(model, data, seed=seed, cache_dir=cache_dir), budget_s, epochs)
     if budget_s is not None:
-        race(model, data, decision, budget_s, epochs or 5, seed=seed, cache_dir=cache_dir)
+        if fit is None:
+            raise ValueError("choose() with a budget races candidates: pass fit=hs.fit")
+        race(model, data, decision, budget_s, epochs or 5, fit=fit, seed=seed, cache_dir=cache_dir)
     if run_dir is not None:
-        from ..atomic import atomic_write_text
-
         atomic_write_text(Path(run_dir) / DECISION_FILE, json.dumps(decision.to_dict(), indent=2))
     return decision
 

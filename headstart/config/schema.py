@@ -1,0 +1,226 @@
+"""The run config's schema: typed sections that round-trip to YAML.
+
+A run is described by one :class:`RunConfig` (sections ``model``, ``data``, ``strategy``, ``train`` and the
+output folder ``out``). The ``strategy`` and ``train`` sections are derived from the dataclasses that declare
+those options once: every registered strategy's `Options`, `run.TrainSettings` and `objectives.LossSettings`.
+Validated configs become those plain objects (`to_settings`); nothing below this package sees pydantic.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+
+from ..errors import ConfigError
+from ..objectives import LossSettings
+from ..options import declared
+from ..run.settings import TrainSettings
+from ..strategies import STRATEGIES, StrategyOptions, strategy_options
+
+_STRICT = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _fields_of(*classes: type) -> dict[str, tuple[Any, Any]]:
+    """pydantic field definitions of dataclass fields: type, default and bounds; nested dataclasses become
+    nested sections."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for cls in classes:
+        for name, d in declared(cls).items():
+            if dataclasses.is_dataclass(d.type):
+                section = create_model(f"{d.type.__name__}Config", __config__=_STRICT, **_fields_of(d.type))
+                section.__doc__ = d.type.__doc__
+                out[name] = (section, Field(default_factory=section))
+            else:
+                default = d.default if d.factory is dataclasses.MISSING else d.factory()
+                out[name] = (d.type, Field(default, **d.bounds))
+    return out
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class ModelConfig(BaseModel):
+    """The network: backbone, pretrained weights and classification head."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    backbone: str = Field("timm:tf_efficientnet_lite0", min_length=1)
+    weights: str | None = None  # e.g. "package:efficientnet-lite0", a local file, "hub"
+    head: Literal["linear", "mlp"] = "linear"
+    head_hidden: int = Field(512, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    image_size: int | None = Field(None, ge=16)  # overrides the weights' input size
+    max_length: int | None = Field(None, ge=2)  # text backbones: tokens kept per text (default: the model's limit)
+    pooling: Literal["cls", "mean", "max", "pooler"] | None = None  # text backbones (default: the model's own)
+    normalize: bool | None = None  # text backbones: L2-normalise the embedding (default: the model's own)
+
+
+class DataConfig(BaseModel):
+    """Where the data come from and how they are split and sampled."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    dataset: str | None = None  # a built-in data set name, e.g. "fashion-mnist"
+    path: str | None = None  # an image folder (one sub-folder per class), or a .csv/.tsv/.jsonl/.json/.parquet file
+    val_path: str | None = None
+    test_path: str | None = None
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    subset: int | None = Field(None, ge=1)  # max training images per class
+    test_subset: int | None = Field(None, ge=1)
+    augment: bool = True
+    # Text files (data.path = news.csv): which columns hold the text(s) and the label.
+    text_column: str | list[str] = "text"  # several columns are joined with a newline, or form a pair (text_pair)
+    text_pair: bool = False  # exactly two text columns: a sentence pair (e.g. question, passage)
+    label_column: str = Field("label", min_length=1)
+    multi_label: bool = False  # labels are lists (JSONL/Parquet lists, JSON list strings, or label_delimiter)
+    label_delimiter: str | None = Field(None, min_length=1)  # e.g. ";" for "sport;politics"; implies multi_label
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # text files without test_path: stratified test hold-out
+
+    @field_validator("text_column")
+    @classmethod
+    def _text_columns(cls, value: str | list[str]) -> str | list[str]:
+        names = [value] if isinstance(value, str) else value
+        if not names or any(not n for n in names) or len(set(names)) != len(names):
+            raise ValueError("give a column name or a list of distinct, non-empty column names, e.g. [title, body]")
+        return value
+
+    @model_validator(mode="after")
+    def _pair_needs_two_columns(self) -> "DataConfig":
+        if self.text_pair and (isinstance(self.text_column, str) or len(self.text_column) != 2):
+            raise ValueError(f"text_pair=true needs exactly two text columns (first and second text), got "
+                             f"text_column={self.text_column!r}; e.g. --set data.text_column=[question,passage]")
+        return self
+
+    @property
+    def is_multi_label(self) -> bool:
+        return self.multi_label or self.label_delimiter is not None
+
+    def require_source(self) -> "DataConfig":
+        """Check that exactly one of ``dataset`` / ``path`` is set; return self.
+
+        Not a model validator: a config may be completed by CLI flags after loading, so
+        the check runs where the data is actually needed.
+        """
+        if self.dataset is None and self.path is None:
+            raise ConfigError(
+                "no training data given: neither data.dataset nor data.path is set. "
+                "Set exactly one: a built-in data set (e.g. --set data.dataset=fashion-mnist) "
+                "or an image folder with one sub-folder per class (e.g. --set data.path=images/train)."
+            )
+        if self.dataset is not None and self.path is not None:
+            raise ConfigError(
+                f"both data.dataset ({self.dataset!r}) and data.path ({self.path!r}) are set; "
+                "exactly one data source is allowed. Remove one, e.g. --set data.path=null "
+                "to use the built-in data set, or --set data.dataset=null to use the folder."
+            )
+        return self
+
+
+
+class _StrategySection(BaseModel):
+    """How the pretrained network is adapted (names are checked against the strategy registry).
+
+    Options left at None take the strategy's default; an option the named strategy does not take is an
+    error (``headstart list strategies`` shows them all).
+    """
+
+    model_config = _STRICT
+
+    name: str = Field("full", min_length=1)
+
+    def options(self) -> dict[str, Any]:
+        """The strategy options that are set (everything but name and bn), as plain keyword arguments."""
+        return {k: v for k, v in self.model_dump().items() if k not in ("name", "bn") and v is not None}
+
+    def check_options(self) -> "StrategyConfig":
+        """Check that the named strategy takes the options set, with valid values; return self."""
+        if self.name == "auto":  # auto picks a strategy and its options itself; it takes only a budget
+            unknown = sorted(set(self.options()) - {"budget"})
+            if unknown:
+                raise ConfigError(f"strategy 'auto' chooses its own options; remove "
+                                  f"{', '.join('strategy.' + k for k in unknown)} or name a strategy.")
+            return self
+        if self.budget is not None:
+            raise ConfigError("strategy.budget is for strategy 'auto'; remove it or set strategy.name=auto")
+        if self.name in STRATEGIES:
+            unknown = sorted(set(self.options()) - set(strategy_options(self.name)))
+            if unknown:
+                raise ConfigError(f"strategy {self.name!r} does not take {', '.join('strategy.' + k for k in unknown)}"
+                                  f"; its options are {', '.join(strategy_options(self.name))}.")
+            options = STRATEGIES.get(self.name).Options
+            try:
+                options(bn=self.bn, **self.options())  # the strategy's own checks of the values
+            except ConfigError as e:  # name the config keys: "lp_epochs must be >= 1" -> "strategy.lp_epochs ..."
+                raise ConfigError(re.sub(rf"\b({'|'.join(declared(options))})\b", r"strategy.\1", str(e))) from None
+        return self
+
+
+def _strategy_option_fields() -> dict[str, tuple[Any, Any]]:
+    """Every registered strategy's options, each once, left at None (= the strategy's default)."""
+    fields: dict[str, tuple[Any, Any]] = {"bn": _fields_of(StrategyOptions)["bn"]}
+    for name in STRATEGIES:
+        for key, d in declared(STRATEGIES.get(name).Options).items():
+            if key not in fields:
+                fields[key] = (d.type | None, None)
+    fields["budget"] = (str | None, None)  # auto: time budget such as 90s, 10m, 1.5h (None = no limit)
+    return fields
+
+
+StrategyConfig = create_model("StrategyConfig", __base__=_StrategySection, **_strategy_option_fields())
+StrategyConfig.__doc__ = _StrategySection.__doc__
+
+
+class _TrainSection(BaseModel):
+    """Optimisation, precision, loss, evaluation and caching settings (`run.TrainSettings` and
+    `objectives.LossSettings`)."""
+
+    model_config = _STRICT
+
+    @field_validator("channels_last", mode="before", check_fields=False)
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted `on` / `off` as a boolean.
+        if value is True:
+            return "on"
+        if value is False:
+            return "off"
+        return value
+
+
+TrainConfig = create_model("TrainConfig", __base__=_TrainSection, **_fields_of(TrainSettings, LossSettings))
+TrainConfig.__doc__ = _TrainSection.__doc__
+EarlyStoppingConfig = TrainConfig.model_fields["early_stopping"].annotation
+
+
+class RunConfig(BaseModel):
+    """Everything one training run needs."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    out: str = Field("runs/run", min_length=1)
+
+
+# --------------------------------------------------------------------------- plain settings
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    kwargs = {}
+    for name, d in declared(cls).items():
+        kwargs[name] = _build(d.type, values[name]) if dataclasses.is_dataclass(d.type) else values[name]
+    return cls(**kwargs)
+
+
+def train_settings(train: BaseModel) -> TrainSettings:
+    """The validated ``train`` section as the plain settings `run.fit` takes."""
+    return _build(TrainSettings, train.model_dump())
+
+
+def loss_settings(train: BaseModel) -> LossSettings:
+    """The loss keys of the validated ``train`` section as `objectives.LossSettings`."""
+    return _build(LossSettings, train.model_dump())

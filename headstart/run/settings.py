@@ -1,0 +1,55 @@
+"""The settings of one training run: plain frozen dataclasses, declared once.
+
+`fit` reads them and nothing else. The run config's ``train`` section (`config/schema.py`) is derived from
+these fields: their types, defaults and bounds (`setting(..., ge=1)`), so a key exists in one place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..options import check_bounds, option as setting
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop training when a validation metric stops improving."""
+
+    metric: str = "val/accuracy"
+    mode: Literal["max", "min"] = "max"
+    patience: int | None = setting(None, ge=1)  # None = early stopping off
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation, precision, evaluation and caching settings of a run."""
+
+    epochs: int = setting(5, ge=1)
+    batch_size: int = setting(32, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = setting(1e-3, gt=0.0)
+    head_lr: float | None = setting(None, gt=0.0)  # None = same as lr
+    weight_decay: float = setting(0.01, ge=0.0)
+    momentum: float = setting(0.9, ge=0.0)
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: float = setting(0.0, ge=0.0)
+    grad_accum: int = setting(1, ge=1)
+    clip_grad_norm: float | None = setting(None, gt=0.0)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    fast_dropout: bool = True  # CPU dropout masks drawn 4 per RNG call (run/dropout.py); false = torch's own
+    compile: bool = False  # torch.compile the training step's model (first epoch pays the compilation)
+    early_stopping: EarlyStopping = setting(default_factory=EarlyStopping)
+    seed: int = 0
+    eval_batch_size: int = setting(128, ge=1)
+    progress: bool = True
+    # Frozen-backbone features computed once and reused: auto = whenever the whole backbone is frozen.
+    cache: Literal["auto", "on", "off"] = "auto"
+    cache_views: int = setting(1, ge=1)  # with augmentation: 1 = the plain view only; k > 1 adds k-1 augmented views
+    cache_dir: str | None = None  # default ~/.cache/headstart/features (or $HEADSTART_CACHE)
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
