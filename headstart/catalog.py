@@ -1,6 +1,7 @@
 """What `headstart list` shows: every registry, by the name a user types."""
 from __future__ import annotations
 
+import fnmatch
 from typing import Callable
 
 
@@ -23,10 +24,25 @@ def _registry(getter: Callable) -> Callable[[str], list[str]]:
     return lister
 
 
-def _strategies():
-    from .strategies import STRATEGIES
+def _strategies(pattern: str) -> list[str]:
+    """Each strategy with its own options and their defaults; the options every strategy takes, once."""
+    from .options import declared
+    from .strategies import STRATEGIES, StrategyOptions
 
-    return STRATEGIES
+    common = declared(StrategyOptions)
+    names = STRATEGIES.list(pattern)
+    width = max((len(n) for n in names), default=0) + 2
+    lines = []
+    for name in names:
+        own = {k: d for k, d in declared(STRATEGIES.get(name).Options).items()
+               if k not in common or d.default != common[k].default}
+        lines.append(f"{name:<{width}}{STRATEGIES.help(name)}")
+        lines += [f"{'':<{width}}  {k}={d.default!r}: {d.help}" for k, d in own.items()]
+    if fnmatch.fnmatch("auto", pattern):  # the planner, not a registered strategy: it picks one of the above
+        lines.append(f"{'auto':<{width}}headstart chooses the strategy and its settings from the task, data and budget")
+        lines.append(f"{'':<{width}}  budget=None: time budget such as 90s, 10m, 1.5h (None = no limit)")
+    return lines + ["", "every strategy also takes: " + "; ".join(f"{k}={d.default!r} ({d.help})"
+                                                               for k, d in common.items())]
 
 
 def _datasets():
@@ -68,6 +84,6 @@ class _Catalog(dict):
         return self[what]
 
 
-CATALOG = _Catalog(backbones=_backbones, strategies=_registry(_strategies), datasets=_registry(_datasets),
+CATALOG = _Catalog(backbones=_backbones, strategies=_strategies, datasets=_registry(_datasets),
                    heads=_registry(_heads), metrics=_registry(_metrics), weights=_registry(_weights),
                    scores=_registry(_scores))

@@ -51,3 +51,14 @@ def check_bounds(obj: Any) -> None:
             ok, symbol = _BOUNDS[kind]
             if value is not None and not ok(value, bound):
                 raise ConfigError(f"{name} must be {symbol} {bound}, received {value!r}")
+
+
+def with_defaults(cls: type, **defaults: Any) -> type:
+    """A frozen dataclass like `cls` whose named fields default to other values (help and bounds kept)."""
+    fields = declared(cls)
+    unknown = set(defaults) - set(fields)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)}")
+    return dataclasses.make_dataclass(
+        cls.__name__, [(name, fields[name].type, option(value, fields[name].help, **fields[name].bounds))
+                       for name, value in defaults.items()], bases=(cls,), frozen=True)

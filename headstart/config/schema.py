@@ -163,7 +163,7 @@ def _strategy_option_fields() -> dict[str, tuple[Any, Any]]:
     for name in STRATEGIES:
         for key, d in declared(STRATEGIES.get(name).Options).items():
             if key not in fields:
-                fields[key] = (d.type | None, None)
+                fields[key] = (d.type | None, Field(None, **d.bounds))
     fields["budget"] = (str | None, None)  # auto: time budget such as 90s, 10m, 1.5h (None = no limit)
     return fields
 

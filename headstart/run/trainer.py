@@ -69,13 +69,7 @@ def fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: O
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device
-    bf16_train, pinned = train_precision(s, model, device)
-    bf16_eval = resolve_precision(s.precision, model, device, training=False)
-    channels_last = resolve_channels_last(s.channels_last, model)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if s.fast_dropout:
-        install_fast_dropout(model)
+    compute = Compute.prepare(s, model, device)
     optimizer = build_optimizer(strategy.param_groups(model, max(start_epoch - 1, 0), s.lr, s.weight_decay,
                                                       s.head_lr), s.optimizer, s.lr, s.momentum)
     steps = math.ceil(num_batches(len(data.train), s.batch_size, accelerator.num_processes) / s.grad_accum)
@@ -84,27 +78,20 @@ def fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: O
     kept = BestEpoch(*monitored_metric(model.task, s.early_stopping), len(data.val))
     bad_epochs, stopped = 0, False
     if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        kept.load_state_dict(state)
-        bad_epochs, stopped = state["bad_epochs"], state["stopped"]
+        bad_epochs, stopped = restore(state, model, optimizer, scheduler, kept)
     wrapped = accelerator.prepare(model)
     core = accelerator.unwrap_model(wrapped)
     # torch.compile (opt-in): measured 0 to -14% for CPU training steps here (ASSETS.md), +7-9% for inference.
     compiled = torch.compile(wrapped) if s.compile else wrapped
     inputs = EpochInputs(core, data, cache=s.cache, augment=augment, views=s.cache_views, seed=s.seed,
-                         cache_dir=s.cache_dir, bf16=bf16_eval, channels_last=channels_last,
+                         cache_dir=s.cache_dir, bf16=compute.bf16_eval, channels_last=compute.channels_last,
                          batch_size=s.eval_batch_size, device=device, processes=accelerator.num_processes,
                          wrap=accelerator.prepare_model)
     metric_names = default_metrics(core.task, core.num_outputs)
-    evaluate = dict(batch_size=s.eval_batch_size, channels_last=channels_last, device=device)
+    evaluate = dict(batch_size=s.eval_batch_size, channels_last=compute.channels_last, device=device)
     show = s.progress and accelerator.is_main_process
     if show:
-        print(f"strategy {strategy.name} (bn={strategy.bn}), precision train={'bf16' if bf16_train else 'fp32'} "
-              f"eval={'bf16' if bf16_eval else 'fp32'}{' (depthwise convolutions in fp32)' if pinned else ''}, "
-              f"channels_last={channels_last}\n" + trainable_summary(core, optimizer))
+        print(f"strategy {strategy.name} (bn={strategy.bn}), {compute}\n" + trainable_summary(core, optimizer))
 
     # Checkpoints and the best bundle are written from snapshots on a background thread: training goes on
     # while they reach the disk, and every write is atomic, so a run killed mid-write resumes from the last one.
@@ -116,7 +103,7 @@ def fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: O
             if strategy.changes_at(epoch):  # gradual unfreezing, LP-FT: a new trainable set and optimizer groups
                 strategy.apply(core, epoch=epoch)
                 regroup(optimizer, scheduler, strategy.param_groups(core, epoch, s.lr, s.weight_decay, s.head_lr))
-                bf16_train, pinned = train_precision(s, core, device)
+                compute.retrain(s, core, device)
                 if accelerator.num_processes > 1:  # DDP registers the parameters that need gradients when it wraps
                     wrapped = accelerator.prepare_model(core)
                     compiled = torch.compile(wrapped) if s.compile else wrapped
@@ -126,15 +113,15 @@ def fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: O
             # Frozen parts compute the same thing every epoch: train on their cached outputs where exact.
             plan = inputs.for_epoch(core, compiled, epoch)
             row: dict[str, Any] = {"epoch": epoch + 1}
-            with depthwise_in_fp32(core, enabled=pinned):
+            with depthwise_in_fp32(core, enabled=compute.pinned):
                 row.update(train_epoch(plan.step_model, core, objective, optimizer, scheduler, plan.train,
                                        epoch=epoch, batch_size=s.batch_size, grad_accum=s.grad_accum,
-                                       clip_grad_norm=s.clip_grad_norm, bf16=bf16_train and not plan.head_only,
-                                       channels_last=channels_last, seed=s.seed, accelerator=accelerator,
+                                       clip_grad_norm=s.clip_grad_norm, bf16=compute.bf16_train and not plan.head_only,
+                                       channels_last=compute.channels_last, seed=s.seed, accelerator=accelerator,
                                        progress=progress_bar(show, f"epoch {epoch + 1}/{s.epochs}")))
             row["train_seconds"] = round(time.perf_counter() - t0, 3)
             row.update(evaluate_split(plan.eval_model, plan.val, metric_names, "val", objective,
-                                      bf16=bf16_eval and not plan.head_only, **evaluate))
+                                      bf16=compute.bf16_eval and not plan.head_only, **evaluate))
             row.update(lr=optimizer.param_groups[-1]["lr"], seconds=round(time.perf_counter() - t0, 3),
                        inputs=plan.source)
             if kept.offer_row(row, epoch + 1):  # see selection.py for the rule
@@ -160,11 +147,11 @@ def fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: O
 
     history = folder.metrics()
     test_metrics = None
-    if data.test is not None and kept.epoch:
+    if data.test is not None and kept.epoch:  # the best epoch's bundle on the test split
         best = load_model(folder.best, module=core.backbone.net if core.spec.is_custom else None)
         test_model, test_batches, head_only = inputs.test_inputs(best, data.test)
         test_metrics = evaluate_split(test_model, test_batches, metric_names, "test",
-                                      bf16=bf16_eval and not head_only, **evaluate)
+                                      bf16=compute.bf16_eval and not head_only, **evaluate)
         if accelerator.is_main_process:
             folder.write_text(TEST_FILE, json.dumps(test_metrics, indent=2))
     extra = bundle_report(folder.best)
@@ -175,13 +162,48 @@ def fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: O
                      test_metrics, stopped, time.perf_counter() - start_time, extra)
 
 
-def train_precision(settings: TrainSettings, model: TransferModel, device: torch.device) -> tuple[bool, bool]:
-    """(bf16 autocast for training steps, depthwise convolutions pinned to fp32 inside it).
+@dataclass
+class Compute:
+    """How a run computes: bf16 autocast for training steps and for evaluation, depthwise convolutions pinned
+    to fp32 inside a bf16 training step (their bf16 backward is slow on CPUs), and channels_last."""
 
-    A depthwise convolution's bf16 backward is slow on CPUs: bf16 training steps keep those layers in fp32.
-    """
-    bf16 = resolve_precision(settings.precision, model, device, training=model.backbone_trainable())
-    return bf16, pin_depthwise(bf16, model, device)
+    bf16_train: bool
+    pinned: bool
+    bf16_eval: bool
+    channels_last: bool
+
+    @classmethod
+    def prepare(cls, settings: TrainSettings, model: TransferModel, device: torch.device) -> "Compute":
+        """Resolve the settings for this model and device, and put the model in its memory format and fast
+        dropout."""
+        compute = cls(False, False, resolve_precision(settings.precision, model, device, training=False),
+                      resolve_channels_last(settings.channels_last, model))
+        compute.retrain(settings, model, device)
+        if compute.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if settings.fast_dropout:
+            install_fast_dropout(model)
+        return compute
+
+    def retrain(self, settings: TrainSettings, model: TransferModel, device: torch.device) -> None:
+        """Re-resolve the training precision after the trainable set changed (a frozen backbone trains in
+        bf16 where a trainable depthwise one does not)."""
+        self.bf16_train = resolve_precision(settings.precision, model, device, training=model.backbone_trainable())
+        self.pinned = pin_depthwise(self.bf16_train, model, device)
+
+    def __str__(self) -> str:
+        return (f"precision train={'bf16' if self.bf16_train else 'fp32'} eval={'bf16' if self.bf16_eval else 'fp32'}"
+                f"{' (depthwise convolutions in fp32)' if self.pinned else ''}, channels_last={self.channels_last}")
+
+
+def restore(state: dict[str, Any], model, optimizer, scheduler, kept: BestEpoch) -> tuple[int, bool]:
+    """Load a checkpoint's model, optimizer, schedule, RNG and best-epoch state; returns (bad epochs, stopped)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    kept.load_state_dict(state)
+    return state["bad_epochs"], state["stopped"]
 
 
 def bundle_meta(data: DataSplits) -> dict[str, Any]:

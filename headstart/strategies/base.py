@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ..objectives.regularizers import L2SP, BatchSpectralShrinkage
-from ..options import declared, option
+from ..options import check_bounds, declared, option
 from ..registry import Registry
 from .groups import build_param_groups
 
@@ -29,19 +29,15 @@ class StrategyOptions:
     """
 
     bn: Literal["auto", "frozen", "train"] = option("auto", "BatchNorm statistics: auto (the strategy's default), frozen or train")
-    l2sp_alpha: float = option(0.0, "L2-SP pull towards the pretrained weights (0 = off)")
-    l2sp_beta: float = option(0.0, "L2-SP's L2 penalty on the head (0 = off)")
-    bss_eta: float = option(0.0, "batch spectral shrinkage strength (0 = off)")
-    bss_k: int = option(1, "number of smallest singular values BSS shrinks")
+    l2sp_alpha: float = option(0.0, "L2-SP pull towards the pretrained weights (0 = off)", ge=0.0)
+    l2sp_beta: float = option(0.0, "L2-SP's L2 penalty on the head (0 = off)", ge=0.0)
+    bss_eta: float = option(0.0, "batch spectral shrinkage strength (0 = off)", ge=0.0)
+    bss_k: int = option(1, "number of smallest singular values BSS shrinks", ge=1)
 
     def __post_init__(self) -> None:
         if self.bn not in BN_POLICIES:
             raise ConfigError(f"unknown BatchNorm policy {self.bn!r}; choose one of {', '.join(BN_POLICIES)}")
-        for key in ("l2sp_alpha", "l2sp_beta", "bss_eta"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key} must be >= 0 (0 turns it off), received {getattr(self, key)}")
-        if self.bss_k < 1:
-            raise ConfigError(f"bss_k is the number of smallest singular values to shrink, >= 1; received {self.bss_k}")
+        check_bounds(self)  # every subclass's bounded options too
 
 
 def norm_layers(module: nn.Module, prefix: str) -> list[str]:

@@ -122,12 +122,7 @@ class Gradual(Strategy):
 
     @dataclass(frozen=True)
     class Options(StrategyOptions):
-        unfreeze_every: int = option(1, "epochs between unfreezing steps")
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.unfreeze_every < 1:
-                raise ConfigError(f"unfreeze_every must be >= 1 epoch, received {self.unfreeze_every}")
+        unfreeze_every: int = option(1, "epochs between unfreezing steps", ge=1)
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -173,16 +168,9 @@ class LinearProbeThenFineTune(Strategy):
 
     @dataclass(frozen=True)
     class Options(StrategyOptions):
-        lp_epochs: int = option(1, "epochs of linear probing before fine-tuning")
-        ft_lr_scale: float = option(0.1, "fine-tuning lr = lr x ft_lr_scale (the head's too)")
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.lp_epochs < 1:
-                raise ConfigError(f"lp_epochs must be >= 1, received {self.lp_epochs}")
-            if not 0 < self.ft_lr_scale <= 1:
-                raise ConfigError(f"ft_lr_scale must be in (0, 1], received {self.ft_lr_scale}; fine-tuning after "
-                                  "the probe uses a smaller rate, e.g. 0.1")
+        lp_epochs: int = option(1, "epochs of linear probing before fine-tuning", ge=1)
+        ft_lr_scale: float = option(0.1, "fine-tuning lr = lr x ft_lr_scale (the head's too), e.g. 0.1", gt=0.0,
+                                    le=1.0)
 
     def __init__(self, **options):
         super().__init__(**options)

@@ -22,12 +22,8 @@ class LayerDecay(Strategy):
 
     @dataclass(frozen=True)
     class Options(StrategyOptions):
-        layer_decay: float = option(0.75, "lr x layer_decay ** depth, depth counted from the head")
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if not 0 < self.layer_decay <= 1:
-                raise ConfigError(f"layer_decay must be in (0, 1], received {self.layer_decay}; 0.65-0.85 is usual")
+        layer_decay: float = option(0.75, "lr x layer_decay ** depth, depth counted from the head; 0.65-0.85 is "
+                                          "usual", gt=0.0, le=1.0)
 
     def apply(self, model, epoch: int = 0) -> None:
         set_trainable(model, [n for n, _ in model.named_parameters()], self.bn)

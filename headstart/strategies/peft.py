@@ -56,18 +56,10 @@ class LoRA(PeftStrategy):
 
     @dataclass(frozen=True)
     class Options(StrategyOptions):
-        lora_r: int = option(8, "rank of the low-rank update")
-        lora_alpha: float = option(16.0, "scale: the update is (alpha / r) * B A")
-        lora_dropout: float = option(0.0, "dropout on the adapter's input")
+        lora_r: int = option(8, "rank of the low-rank update", ge=1)
+        lora_alpha: float = option(16.0, "scale: the update is (alpha / r) * B A", gt=0.0)
+        lora_dropout: float = option(0.0, "dropout on the adapter's input", ge=0.0, lt=1.0)
         peft_targets: list[str] | None = option(None, "layer name patterns to adapt (default: found automatically)")
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.lora_r < 1:
-                raise ConfigError(f"lora_r must be >= 1, received {self.lora_r}")
-            if self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-                raise ConfigError(f"lora_alpha must be > 0 and lora_dropout in [0, 1); received {self.lora_alpha}, "
-                                  f"{self.lora_dropout}")
 
     def adapter_options(self) -> dict:
         o = self.options
