@@ -85,7 +85,7 @@ def make_pool(names: list[str], folder: Path, s: dict) -> tuple[dict[str, str], 
     import timm
     from safetensors.torch import save_file
 
-    from headstart.backbones.weights import resolve_weights
+    from headstart.testing import resolve_weights
 
     base = resolve_weights("package:efficientnet-lite0").state_dict  # ImageNet Lite0, classifier included
     torch.manual_seed(0)
@@ -171,7 +171,7 @@ def kendall(x: list[float], y: list[float]) -> float | None:
 
 
 def _lp_ft(s: dict, multiplier: float = 1.0) -> dict:
-    from headstart.plan.auto import lp_ft_options
+    from headstart.testing import lp_ft_options
 
     # one epoch more than full fine-tuning: the head's epoch runs on cached features, the backbone trains as long
     options = {"epochs": s["epochs"] + 1, **lp_ft_options("image")}
@@ -194,7 +194,7 @@ def finetune(data, label: str, entry: str, s: dict, tmp: Path, protocol: str, mu
              seeds: int) -> dict:
     """`seeds` fine-tunes of one backbone at one grid point: mean val and test accuracy, per-seed test, seconds."""
     import headstart as hs
-    from headstart.plan.rank import parse_backbone
+    from headstart.testing import parse_backbone
 
     name, weights = parse_backbone(entry)
     vals, tests, seconds = [], [], 0.0

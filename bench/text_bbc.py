@@ -30,7 +30,7 @@ BACKBONE = ("hf:sentence-transformers/all-MiniLM-L6-v2", "package:all-minilm-l6-
 
 def settings(quick: bool) -> dict[str, dict]:
     """Per run: data subset, model options and fit arguments."""
-    from headstart.demo import TEXT_DEMO
+    from headstart.testing import TEXT_DEMO
 
     # The issue's protocol trains on the whole 80%; headstart keeps 5% of it aside to pick the best epoch.
     subset = {"subset": 10, "test_subset": 10} if quick else {"val_fraction": 0.05}
@@ -68,7 +68,7 @@ def step_worker(name: str, quick: bool) -> dict:
     """Training-step throughput of MiniLM at 128 tokens, batch 32, bf16, with and without headstart's two
     CPU speed-ups (fast dropout masks, fused AdamW), each in its own process on the same random tokens."""
     import headstart as hs
-    from headstart.run.dropout import install
+    from headstart.testing import install_fast_dropout as install
 
     fast_dropout, fused = STEP_VARIANTS[name]
     torch.manual_seed(0)
@@ -117,9 +117,9 @@ def _sklearn_split(quick: bool):
     """(train texts, train labels, test texts, test labels): scikit-learn's stratified 80/20, random_state 0."""
     from sklearn.model_selection import train_test_split
 
-    from headstart.data.datasets import _bbc_news_articles
+    from headstart.testing import bbc_news_articles
 
-    texts, labels, _ = _bbc_news_articles()
+    texts, labels, _ = bbc_news_articles()
     train, test = train_test_split(list(range(len(texts))), test_size=0.2, stratify=list(labels), random_state=0)
     if quick:
         train, test = train[:50], test[:50]
@@ -138,7 +138,7 @@ def plain_loop_worker(name: str, quick: bool) -> dict:
     from transformers import AutoModel, AutoTokenizer
 
     import headstart as hs
-    from headstart.backbones.hf_source import TEXT_PACKAGES
+    from headstart.testing import TEXT_PACKAGES
 
     v = {"lr": 5e-5, "seed": 0, "epochs": 2, "split": "headstart", "fast": False, "max_length": 128,
          "truncation": "head", "bf16": True, **PLAIN_VARIANTS[name]}
@@ -154,7 +154,7 @@ def plain_loop_worker(name: str, quick: bool) -> dict:
     head = torch.nn.Linear(encoder.config.hidden_size, len(data.classes))
     max_length, epochs, batch = (64, 1, 16) if quick else (v["max_length"], v["epochs"], 16)
     if v["fast"]:
-        from headstart.run.dropout import install
+        from headstart.testing import install_fast_dropout as install
 
         install(encoder)
 
@@ -193,7 +193,7 @@ def plain_loop_worker(name: str, quick: bool) -> dict:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=v["bf16"]):
         out = torch.cat([logits(test_texts[i:i + 64]).float() for i in range(0, len(test_texts), 64)])
     wall = time.perf_counter() - start
-    from headstart.metrics import accuracy, macro_f1
+    from headstart.testing import accuracy, macro_f1
 
     return {"run": name, "strategy": "full", "test_accuracy": accuracy(out, test_labels),
             "test_macro_f1": macro_f1(out, test_labels), "best_epoch": epochs, "fit_wall_s": round(wall, 1),

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, StrategyConfig, loss_settings, train_settings, validate_config
+from .config import RunConfig, loss_settings, strategy_config, train_settings, validate_config
 from .data import DataSplits
 from .data.datasets import DATASETS
 from .data.sources import resolve_source
@@ -43,7 +43,7 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         run = hs.fit(model, hs.datasets.load("fashion-mnist", subset=100), "linear-probe", epochs=3)
         run = hs.fit(model, data, "lp-ft", lp_epochs=2, ft_lr_scale=0.1, epochs=5, out="runs/lpft")
     """
-    options = {k: train.pop(k) for k in list(train) if k in StrategyConfig.model_fields and k != "name"}
+    options = {k: train.pop(k) for k in list(train) if k in strategy_config().model_fields and k != "name"}
     chosen = validate_config({"strategy": {"name": strategy, "bn": bn, **options}}).strategy
     decision = None
     if chosen.name == "auto":  # the planner chooses a strategy and settings; the user's explicit ones win

@@ -52,9 +52,9 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         resume: Optional[Path] = typer.Option(None, help="continue the run in this folder from its last checkpoint"),
         ) -> None:
     """Train a model; writes a run folder (config, metrics, checkpoints, best model bundle)."""
-    from .config import load_config
-    from .data import list_datasets
     from .api import fit_from_config
+    from .config import load_config
+    from .data.sources import is_builtin
 
     if resume is not None:
         saved = resume / "config.yaml"
@@ -67,8 +67,8 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         if value is not None:
             overrides.append(f"{key}={value}")
     if data is not None:
-        is_name = data in list_datasets() and not Path(data).exists()
-        overrides += [f"data.dataset={data}", "data.path=null"] if is_name else [f"data.path={data}", "data.dataset=null"]
+        overrides += [f"data.dataset={data}", "data.path=null"] if is_builtin(data) else \
+            [f"data.path={data}", "data.dataset=null"]
     if text_column:  # JSON is valid YAML: column names with spaces or commas survive the override parser
         overrides.append(f"data.text_column={json.dumps(text_column[0] if len(text_column) == 1 else text_column)}")
     if label_column is not None:

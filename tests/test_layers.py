@@ -24,7 +24,7 @@ LAYERS = [
     ["run", "inference"],
     ["plan"],
     ["config"],
-    ["api", "catalog", "demo"],
+    ["api", "catalog", "demo", "testing"],
     ["cli", "__main__", ""],  # "" is the package's own __init__
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}

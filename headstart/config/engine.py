@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..atomic import atomic_write_text
 from ..errors import ConfigError
-from .schema import RunConfig
+from .schema import RunConfig, run_config
 
 
 # --------------------------------------------------------------------------- schema helpers
@@ -47,7 +47,7 @@ def _leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 def valid_keys() -> list[str]:
     """All dotted leaf keys of a run config, sorted (e.g. ``train.early_stopping.patience``)."""
-    return sorted(_leaf_keys(RunConfig))
+    return sorted(_leaf_keys(run_config()))
 
 
 def _unknown_key_message(prefix: str, key: str, model: type[BaseModel]) -> str:
@@ -189,7 +189,7 @@ def _deep_merge(base: dict, update: dict) -> dict:
 def _apply_override(data: dict, item: str) -> None:
     """Apply one ``a.b=value`` override to a raw config mapping, in place."""
     parts, raw = _parse_override(item)
-    model: type[BaseModel] = RunConfig
+    model: type[BaseModel] = run_config()
     node = data
     for i, part in enumerate(parts):
         prefix = ".".join(parts[:i])
@@ -244,7 +244,7 @@ def _short_repr(value: Any, limit: int = 80) -> str:
 def _loc_to_path(loc: tuple) -> str:
     """Dotted key for a pydantic error location, dropping union member tags past a leaf."""
     path = ""
-    model: type[BaseModel] | None = RunConfig
+    model: type[BaseModel] | None = run_config()
     for item in loc:
         if isinstance(item, int):
             path += f"[{item}]"
@@ -262,7 +262,7 @@ def _validation_message(err: ValidationError, source: str | None) -> str:
         loc = tuple(e.get("loc", ()))
         if e.get("type") == "extra_forbidden" and loc:
             prefix, key = loc[:-1], str(loc[-1])
-            model: type[BaseModel] = RunConfig
+            model: type[BaseModel] = run_config()
             for p in prefix:
                 sub = _section_type(_fields(model).get(p)) if isinstance(p, str) else None
                 if sub is None:
@@ -282,7 +282,7 @@ def _validation_message(err: ValidationError, source: str | None) -> str:
 
 
 def _raise_unknown_keys(data: dict, source: str | None) -> None:
-    problems = _check_keys(data, RunConfig)
+    problems = _check_keys(data, run_config())
     if not problems:
         return
     if len(problems) == 1:
@@ -292,10 +292,10 @@ def _raise_unknown_keys(data: dict, source: str | None) -> None:
 
 
 def _validate(data: dict, source: str | None = None) -> RunConfig:
-    data = _normalise_sections(data, RunConfig)
+    data = _normalise_sections(data, run_config())
     _raise_unknown_keys(data, source)
     try:
-        config = RunConfig.model_validate(data)
+        config = run_config().model_validate(data)
     except ValidationError as err:
         raise ConfigError(_validation_message(err, source)) from None
     config.strategy.check_options()  # needs the strategy registry, so after the schema checks
@@ -355,7 +355,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path).expanduser()
         source = str(p)
         data = _read_yaml(p)
-    data = _normalise_sections(data, RunConfig)
+    data = _normalise_sections(data, run_config())
     _raise_unknown_keys(data, source)  # report file typos before applying overrides
     for item in overrides or []:
         _apply_override(data, item)

@@ -8,6 +8,7 @@ Validated configs become those plain objects (`to_settings`); nothing below this
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any, Literal
 
@@ -168,10 +169,6 @@ def _strategy_option_fields() -> dict[str, tuple[Any, Any]]:
     return fields
 
 
-StrategyConfig = create_model("StrategyConfig", __base__=_StrategySection, **_strategy_option_fields())
-StrategyConfig.__doc__ = _StrategySection.__doc__
-
-
 class _TrainSection(BaseModel):
     """Optimisation, precision, loss, evaluation and caching settings (`run.TrainSettings` and
     `objectives.LossSettings`)."""
@@ -194,16 +191,37 @@ TrainConfig.__doc__ = _TrainSection.__doc__
 EarlyStoppingConfig = TrainConfig.model_fields["early_stopping"].annotation
 
 
-class RunConfig(BaseModel):
+class _RunSection(BaseModel):
     """Everything one training run needs."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = _STRICT
 
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    out: str = Field("runs/run", min_length=1)
+
+@functools.lru_cache(maxsize=None)
+def _run_config(strategies: tuple[str, ...]) -> type[BaseModel]:
+    strategy = create_model("StrategyConfig", __base__=_StrategySection, **_strategy_option_fields())
+    strategy.__doc__ = _StrategySection.__doc__
+    return create_model("RunConfig", __base__=_RunSection,
+                        model=(ModelConfig, Field(default_factory=ModelConfig)),
+                        data=(DataConfig, Field(default_factory=DataConfig)),
+                        strategy=(strategy, Field(default_factory=strategy)),
+                        train=(TrainConfig, Field(default_factory=TrainConfig)),
+                        out=(str, Field("runs/run", min_length=1)))
+
+
+def run_config() -> type[BaseModel]:
+    """The RunConfig model for the strategies registered now: a strategy registered after import (a user's
+    own) gets its options in the ``strategy`` section too."""
+    return _run_config(tuple(STRATEGIES))
+
+
+def strategy_config() -> type[BaseModel]:
+    """The ``strategy`` section of `run_config()`."""
+    return run_config().model_fields["strategy"].annotation
+
+
+RunConfig = run_config()  # as built at import; configs validate against run_config(), which follows the registry
+StrategyConfig = strategy_config()
 
 
 # --------------------------------------------------------------------------- plain settings

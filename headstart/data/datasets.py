@@ -71,7 +71,7 @@ def load(name: str, subset: int | None = None, val_fraction: float = 0.1, seed: 
         train=subsample_per_class(splits.train, train_cap, None, seed),
         val=subsample_per_class(splits.val, val_cap, None, seed) if splits.val is not None else None,
         test=subsample_per_class(splits.test, test_cap, None, seed) if splits.test is not None else None,
-        classes=splits.classes, name=splits.name, modality=splits.modality)
+        classes=splits.classes, name=splits.name, modality=splits.modality, unlabeled=splits.unlabeled)
 
 
 def _split_val(data: ImageData, val_fraction: float, seed: int) -> tuple[ImageData, ImageData | None]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .splits import DataSplits
+from .splits import DataSplits, Labelled
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                                      ".ppm", ".pgm", ".pbm")
@@ -26,7 +26,7 @@ _WARN_LIMIT = 10  # bad files warned about one by one; the rest are summed up in
 
 
 @dataclass
-class ImageData:
+class ImageData(Labelled):
     """Images stored as uint8 (N, C, H, W) with C in {1, 3}, their targets and class names."""
 
     modality: ClassVar[str] = "image"
@@ -42,14 +42,6 @@ class ImageData:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def is_regression(self) -> bool:
-        return self.targets.is_floating_point()
-
     def subset(self, indices: torch.Tensor | Sequence[int] | np.ndarray) -> ImageData:
         """A new ImageData holding the given rows (int indices or a boolean mask), in that order."""
         idx = row_indices(indices, len(self))
@@ -57,12 +49,6 @@ class ImageData:
         paths = [self.paths[i] for i in idx.tolist()] if self.paths is not None else None
         return ImageData(self.images[idx_dev], self.targets[idx.to(self.targets.device)], list(self.classes),
                          paths)
-
-    def class_counts(self) -> torch.Tensor:
-        """Number of samples of each class, shape (num_classes,), int64."""
-        if self.is_regression:
-            raise DataError("class_counts() needs class targets, but this data has float (regression) targets.")
-        return torch.bincount(self.targets.cpu(), minlength=len(self.classes))
 
     def fingerprint(self) -> str:
         """sha256 hex digest of the images, targets and class names (identifies the data's content)."""

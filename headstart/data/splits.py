@@ -4,7 +4,37 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import torch
+
 from ..errors import DataError
+
+
+class Labelled:
+    """What every labelled split knows of its targets, whatever its inputs: (N,) int64 class indices, (N, K)
+    multi-hot rows (multi-label) or (N,) float values (regression). Mixed into ImageData and TextData."""
+
+    targets: Any
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.targets.ndim == 2
+
+    @property
+    def is_regression(self) -> bool:
+        return self.targets.ndim == 1 and self.targets.is_floating_point()
+
+    def class_counts(self) -> torch.Tensor:
+        """Samples per class, (num_classes,) int64 (for multi-label: samples carrying each label)."""
+        if self.is_regression:
+            raise DataError("class_counts() needs class targets, but this data has float (regression) targets.")
+        if self.multi_label:
+            return self.targets.sum(0).round().long()
+        return torch.bincount(self.targets.cpu(), minlength=len(self.classes))
 
 
 class Split(Protocol):

@@ -21,7 +21,7 @@ from ..errors import DataError
 from .batcher import BATCHERS, SplitBatcher
 from .batches import iterate_batches
 from .images import hash_tensor, row_indices, stratified_split
-from .splits import DataSplits
+from .splits import DataSplits, Labelled
 
 Text = Union[str, tuple[str, str]]
 TEXT_FILE_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet")
@@ -36,7 +36,7 @@ def _rows(indices: Sequence[int], what: str = "rows") -> str:
 
 
 @dataclass
-class TextData:
+class TextData(Labelled):
     """Texts (or text pairs), their targets and class names.
 
     targets: (N,) int64 class indices; (N, K) float32 multi-hot for multi-label data; or (N,) float32 for
@@ -59,18 +59,6 @@ class TextData:
         return len(self.texts)
 
     @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def multi_label(self) -> bool:
-        return self.targets.ndim == 2
-
-    @property
-    def is_regression(self) -> bool:
-        return self.targets.ndim == 1 and self.targets.is_floating_point()
-
-    @property
     def is_pair(self) -> bool:
         return bool(self.texts) and isinstance(self.texts[0], tuple)
 
@@ -79,14 +67,6 @@ class TextData:
         idx = row_indices(indices, len(self))
         return TextData([self.texts[i] for i in idx.tolist()], self.targets[idx], list(self.classes),
                         self.columns)
-
-    def class_counts(self) -> torch.Tensor:
-        """Samples per class, (num_classes,) int64 (for multi-label: texts carrying each label)."""
-        if self.is_regression:
-            raise DataError("class_counts() needs class targets, but this data has float (regression) targets.")
-        if self.multi_label:
-            return self.targets.sum(0).round().long()
-        return torch.bincount(self.targets, minlength=len(self.classes))
 
     def fingerprint(self) -> str:
         """sha256 hex digest of the texts, targets and class names (identifies the data's content)."""
