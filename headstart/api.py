@@ -47,7 +47,7 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     chosen = validate_config({"strategy": {"name": strategy, "bn": bn, **options}}).strategy
     decision = None
     if chosen.name == "auto":  # the planner chooses a strategy and settings; the user's explicit ones win
-        prepare_head(model, data)
+        prepare_head(model, data, train.get("seed", 0))
         decision = choose(model, data, chosen.budget, train.get("epochs"), seed=train.get("seed", 0),
                           cache_dir=train.get("cache_dir"), run_dir=out if resume else None, fit=fit)
         chosen = validate_config({"strategy": {"name": decision.strategy, "bn": bn, **decision.options}}).strategy
@@ -58,13 +58,17 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     settings = train_settings(train_cfg)
     plan = get_strategy(chosen.name, bn=bn, **chosen.options())
     plan.check_schedule(settings.epochs)
-    prepare_head(model, data)
+    prepare_head(model, data, settings.seed)
     objective = task_objective(model, data.train.targets, loss_settings(train_cfg))
     record = resolved_record(record, model, data, chosen, augment, train_cfg, out)
     folder = RunFolder.open(out, record.model_dump(mode="json"), resume,
                             normalise=lambda saved: validate_config(saved).model_dump(mode="json"))
-    if decision is not None:
-        folder.write_text(DECISION_FILE, json.dumps(decision.to_dict(), indent=2))
+    try:
+        if decision is not None:
+            folder.write_text(DECISION_FILE, json.dumps(decision.to_dict(), indent=2))
+    except BaseException:
+        folder.close()
+        raise
     return run_fit(model, data, plan, objective, settings, folder, augment=augment)
 
 

@@ -15,3 +15,8 @@ class DataError(HeadstartError):
 
 class BundleError(HeadstartError):
     """A saved model bundle or checkpoint cannot be used as asked."""
+
+
+class TrainingError(HeadstartError):
+    """Training cannot go on (a non-finite loss or gradient, a checkpoint that cannot be written); the run
+    folder keeps its last good checkpoint and best bundle."""

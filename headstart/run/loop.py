@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..data.batcher import Batcher
+from ..errors import TrainingError
 from ..metrics import compute_metrics
 from ..runtime import autocast, predict_outputs
 
@@ -14,7 +15,8 @@ from ..runtime import autocast, predict_outputs
 def train_epoch(model: nn.Module, core: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, scheduler,
                 batcher: Batcher, *, epoch: int, batch_size: int, grad_accum: int = 1,
                 clip_grad_norm: float | None = None, bf16: bool = False, channels_last: bool = False,
-                seed: int = 0, accelerator=None, progress: Callable | None = None) -> dict[str, float]:
+                seed: int = 0, accelerator=None, progress: Callable | None = None,
+                bad_steps: BadSteps | None = None) -> dict[str, float]:
     """One pass over the batcher's data; returns the mean training loss (and each term's, when the objective
     has several).
 
@@ -24,7 +26,10 @@ def train_epoch(model: nn.Module, core: nn.Module, objective: Callable, optimize
     Gradients of `grad_accum` consecutive batches are summed before a step, each loss divided by the size
     of its accumulation window, so k batches of b give the same step as one batch of k*b.
     Shuffling and augmentation draw from generators seeded by (seed, epoch): a resumed run replays them.
+    A batch with a non-finite loss is left out, and an optimizer step with a non-finite gradient skipped;
+    `bad_steps` counts them and stops the run past its allowance (0 by default: the first one stops it).
     """
+    bad_steps = bad_steps or BadSteps(0)
     device = accelerator.device if accelerator else torch.device("cpu")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     augment_rng = torch.Generator().manual_seed(seed * 7919 + epoch)
@@ -38,21 +43,46 @@ def train_epoch(model: nn.Module, core: nn.Module, objective: Callable, optimize
         batch = batcher.batch(idx, augment_rng).to(device, channels_last)
         with autocast(device, bf16):
             out = objective(model, core, batch)
-        loss = out["loss"] / window
-        accelerator.backward(loss) if accelerator else loss.backward()
-        total += out["loss"].detach().double() * len(idx)
-        count += len(idx)
-        for name in objective_terms(out):
-            terms[name] = terms.get(name, 0.0) + out[name].double() * len(idx)
+        if bad_steps.finite(out["loss"], "loss", epoch, i, optimizer):
+            loss = out["loss"] / window
+            accelerator.backward(loss) if accelerator else loss.backward()
+            total += out["loss"].detach().double() * len(idx)
+            count += len(idx)
+            for name in objective_terms(out):
+                terms[name] = terms.get(name, 0.0) + out[name].double() * len(idx)
         if i == window_start + window - 1:  # end of an accumulation window
-            if clip_grad_norm is not None:
-                params = [p for g in optimizer.param_groups for p in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
-            optimizer.step()
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            grads = [p.grad for p in params if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            if bad_steps.finite(norm, "gradient norm", epoch, i, optimizer):
+                if clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            scheduler.step()  # a skipped step keeps the schedule's length
     return {"train/loss": (total / max(count, 1)).item(),
             **{f"train/{name}": (value / max(count, 1)).item() for name, value in terms.items()}}
+
+
+class BadSteps:
+    """Counts steps with a non-finite loss or gradient; past `allowed` of them the run stops with a message."""
+
+    def __init__(self, allowed: int):
+        self.allowed, self.seen = allowed, 0
+
+    def finite(self, value: torch.Tensor, what: str, epoch: int, step: int, optimizer) -> bool:
+        if bool(torch.isfinite(value)):
+            return True
+        self.seen += 1
+        if self.seen > self.allowed:
+            lrs = sorted({g["lr"] for g in optimizer.param_groups})
+            raise TrainingError(
+                f"training diverged: the {what} is {value.item()} at epoch {epoch + 1}, step {step + 1} "
+                f"(learning rates {', '.join(f'{lr:.3g}' for lr in lrs)}). Likely causes: a learning rate too high, "
+                "inputs with NaN or inf values, or an overflow in reduced precision. Lower train.lr, set "
+                "train.clip_grad_norm, use train.precision=fp32, or allow a few bad steps with "
+                "train.max_bad_steps. The run folder keeps its last good checkpoint and best bundle.")
+        return False
 
 
 def objective_terms(out: dict) -> list[str]:

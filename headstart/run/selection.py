@@ -45,7 +45,9 @@ class BestEpoch:
         return proportion_se(min(max(self.top, 0.0), 1.0), self.val_size)
 
     def offer(self, value: float, loss: float | None, epoch: int) -> bool:
-        """Record an epoch's val metric and loss; True when it becomes the kept epoch."""
+        """Record an epoch's val metric and loss; True when it becomes the kept epoch (never a NaN one)."""
+        if not math.isfinite(value) or (loss is not None and not math.isfinite(loss)):
+            return False
         v = self.sign * value
         self.top = v if self.top is None else max(self.top, v)
         if self.value is None:

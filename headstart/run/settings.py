@@ -38,6 +38,7 @@ class TrainSettings:
     warmup_epochs: float = setting(0.0, ge=0.0)
     grad_accum: int = setting(1, ge=1)
     clip_grad_norm: float | None = setting(None, gt=0.0)
+    max_bad_steps: int = setting(0, ge=0)  # steps with a non-finite loss or gradient skipped before the run stops
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
     fast_dropout: bool = True  # CPU dropout masks drawn 4 per RNG call (run/dropout.py); false = torch's own

@@ -16,17 +16,17 @@ import torch
 
 from ..bundle import bundle_writer, load_model, read_meta, WEIGHTS
 from ..data import DataSplits, num_batches
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..metrics import default_metrics
 from ..model import TransferModel
 from ..objectives import Objective
 from ..runtime import depthwise_in_fp32, pin_depthwise, resolve_channels_last, resolve_precision
 from ..strategies import Strategy, trainable_summary
-from .checkpoint import BackgroundWriter, snapshot
+from .checkpoint import BackgroundWriter, nbytes, snapshot
 from .dropout import install as install_fast_dropout
 from .folder import TEST_FILE, RunFolder, read_metrics
 from .inputs import EpochInputs
-from .loop import evaluate_split, train_epoch
+from .loop import BadSteps, evaluate_split, train_epoch
 from .optim import build_optimizer, build_scheduler, regroup
 from .selection import BestEpoch, monitored_metric
 from .settings import TrainSettings
@@ -55,9 +55,18 @@ def fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: O
     public `hs.fit` (api.py) builds every argument from keyword settings and the run config.
     """
     s, start_time = settings, time.perf_counter()
-    prepare_head(model, data)
+    prepare_head(model, data, s.seed)
     strategy.check_schedule(s.epochs)
     folder = out if isinstance(out, RunFolder) else RunFolder.open(out, default_record(strategy, s))
+    try:
+        return _fit(model, data, strategy, objective, s, folder, augment, start_time)
+    finally:
+        folder.close()
+
+
+def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: Objective, s: TrainSettings,
+         folder: RunFolder, augment: bool, start_time: float) -> RunResult:
+    folder.record_run(fingerprints(data), environment(s.seed))
     state = folder.state
     torch.manual_seed(s.seed)
     start_epoch = state["epoch"] if state else 0
@@ -76,7 +85,7 @@ def fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: O
     scheduler = build_scheduler(optimizer, steps * s.epochs, round(s.warmup_epochs * steps), s.scheduler)
     objective = objective.with_terms(strategy.regularizers(model))  # before any resume: L2-SP's w0 is pretrained
     kept = BestEpoch(*monitored_metric(model.task, s.early_stopping), len(data.val))
-    bad_epochs, stopped = 0, False
+    bad_epochs, stopped, bad_steps = 0, False, BadSteps(s.max_bad_steps)
     if state:
         bad_epochs, stopped = restore(state, model, optimizer, scheduler, kept)
     wrapped = accelerator.prepare(model)
@@ -118,17 +127,20 @@ def fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: O
                                        epoch=epoch, batch_size=s.batch_size, grad_accum=s.grad_accum,
                                        clip_grad_norm=s.clip_grad_norm, bf16=compute.bf16_train and not plan.head_only,
                                        channels_last=compute.channels_last, seed=s.seed, accelerator=accelerator,
-                                       progress=progress_bar(show, f"epoch {epoch + 1}/{s.epochs}")))
+                                       progress=progress_bar(show, f"epoch {epoch + 1}/{s.epochs}"),
+                                       bad_steps=bad_steps))
             row["train_seconds"] = round(time.perf_counter() - t0, 3)
             row.update(evaluate_split(plan.eval_model, plan.val, metric_names, "val", objective,
                                       bf16=compute.bf16_eval and not plan.head_only, **evaluate))
             row.update(lr=optimizer.param_groups[-1]["lr"], seconds=round(time.perf_counter() - t0, 3),
                        inputs=plan.source)
+            writer.check()  # a write of the last epoch that failed (a full disk) stops the run now
             if kept.offer_row(row, epoch + 1):  # see selection.py for the rule
                 bad_epochs = 0
                 if accelerator.is_main_process:
-                    writer.submit(bundle_writer(core, folder.best, {"epoch": epoch + 1, "metrics": row,
-                                                                    **bundle_meta(data)}))
+                    write = bundle_writer(core, folder.staged_best, {"epoch": epoch + 1, "metrics": row,
+                                                                     **bundle_meta(data)})
+                    writer.submit(lambda write=write: folder.write_best(write), f"the best bundle {folder.best}")
             else:
                 bad_epochs += 1
             stopped = s.early_stopping.patience is not None and bad_epochs >= s.early_stopping.patience
@@ -138,7 +150,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: O
                                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                        "rng": torch.get_rng_state(), **kept.state_dict(),
                                        "bad_epochs": bad_epochs, "stopped": stopped})
-                writer.submit(lambda checkpoint=checkpoint: folder.save_checkpoint(checkpoint))
+                writer.submit(lambda checkpoint=checkpoint: folder.save_checkpoint(checkpoint),
+                              f"the checkpoint in {folder.path / 'checkpoints'}", nbytes(checkpoint))
             if show:
                 print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             accelerator.wait_for_everyone()
@@ -198,7 +211,12 @@ class Compute:
 
 def restore(state: dict[str, Any], model, optimizer, scheduler, kept: BestEpoch) -> tuple[int, bool]:
     """Load a checkpoint's model, optimizer, schedule, RNG and best-epoch state; returns (bad epochs, stopped)."""
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # another backbone, head size or strategy than the checkpoint's
+        raise ConfigError(f"the run's checkpoint does not fit this model ({str(e).splitlines()[0]} ...); resume "
+                          "with the backbone, classes and strategy the run started with, or start a new run "
+                          "folder.") from None
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
@@ -223,8 +241,30 @@ def bundle_report(folder: Path) -> dict[str, Any]:
     return {"bundle_bytes": size, "bundle": f"best model bundle: {size / 1e6:.3f} MB ({what}) in {folder}"}
 
 
-def prepare_head(model: TransferModel, data: DataSplits) -> None:
-    """Give a head-less model a head sized from the data; refuse a head that does not fit the data."""
+def fingerprints(data: DataSplits) -> dict[str, str]:
+    """Content fingerprints of the data's splits (run.json): a resumed run must train on the same data."""
+    parts = {"train": data.train, "val": data.val, "test": data.test, "unlabeled": data.unlabeled}
+    return {name: part.fingerprint() for name, part in parts.items() if part is not None}
+
+
+def environment(seed: int) -> dict[str, Any]:
+    """What a run's numbers depend on beyond its config: the seed and the library versions."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in ("headstart", "torch", "timm", "transformers", "peft", "accelerate", "numpy"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return {"seed": seed, "python": platform.python_version(), "versions": versions,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def prepare_head(model: TransferModel, data: DataSplits, seed: int = 0) -> None:
+    """Give a head-less model a head sized from the data, initialised from `seed` (so a seed fixes the whole
+    run); refuse a head that does not fit the data."""
     if data.val is None:
         raise DataError("training needs a validation split for model selection; load the data with "
                         "val_fraction > 0 or a separate val folder")
@@ -233,6 +273,7 @@ def prepare_head(model: TransferModel, data: DataSplits) -> None:
     if model.task == "regression":
         outputs = 1 if data.train.targets.ndim == 1 else data.train.targets.shape[1]
         if model.head is None:
+            torch.manual_seed(seed)
             model.reset_head(outputs)
         return
     multi = data.train.targets.ndim == 2  # (N, K) multi-hot targets
@@ -241,6 +282,7 @@ def prepare_head(model: TransferModel, data: DataSplits) -> None:
                         f"{model.task!r}; create the model with task="
                         f"{'multilabel' if multi else 'classification'!r} (CLI: data.multi_label decides).")
     if model.head is None:
+        torch.manual_seed(seed)
         model.reset_head(len(data.classes), data.classes)
     elif model.num_outputs != len(data.classes):
         raise DataError(f"the model's head has {model.num_outputs} outputs but the data has "

@@ -1,0 +1,133 @@
+"""Reliability of a run (issue 19): one seed one model, a diverging run stops with a message, write failures
+surface within an epoch, run folders are never clobbered, locked while in use, and tidy after a kill."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+import torch
+
+import headstart as hs
+from headstart.data import from_arrays
+from headstart.errors import ConfigError, TrainingError
+from headstart.objectives import CrossEntropy, Objective, TaskTerm
+from headstart.run import RunFolder, TrainSettings
+from headstart.run import fit as run_fit
+from headstart.run.folder import RunFolder as Folder
+from headstart.strategies import get_strategy
+from conftest import separable_images
+
+FAST = dict(progress=False, batch_size=8, eval_batch_size=32, precision="fp32")
+
+
+def test_same_seed_same_model_whatever_the_global_rng(tiny_data, tmp_path):
+    """The head is created inside fit from the run's seed, not from whatever state the global RNG is in
+    (a new process starts from a random one)."""
+    runs = []
+    for i, noise in enumerate((123, 456)):
+        torch.manual_seed(0)
+        model = hs.create_model("toy:cnn")  # no head yet: fit sizes it from the data
+        torch.manual_seed(noise)  # another process, other imports: another global RNG state
+        run = hs.fit(model, tiny_data, "full", epochs=1, lr=0.01, out=tmp_path / str(i), **FAST)
+        runs.append((run.history[0]["train/loss"], model.head[0].weight.detach().clone()))
+    assert runs[0][0] == runs[1][0]
+    assert torch.equal(runs[0][1], runs[1][1])
+
+
+def test_a_diverging_run_stops_with_a_message_and_no_nan_bundle(tiny_data, tmp_path):
+    with pytest.raises(TrainingError, match=r"diverged.*epoch 1.*train\.lr"):
+        hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", epochs=2, lr=float("inf"), out=tmp_path / "r",
+               **FAST)
+    assert not (tmp_path / "r" / "best").exists()  # no epoch ended: nothing was kept as "best"
+
+
+class NaNAtStep:
+    """A term that is NaN on chosen steps (counted over calls): a stand-in for a bad batch."""
+
+    name = "nan_at"
+
+    def __init__(self, steps):
+        self.steps, self.calls = set(steps), 0
+
+    def __call__(self, step):
+        self.calls += 1
+        value = step.features.sum() * 0
+        return value + float("nan") if self.calls in self.steps else value
+
+
+@pytest.mark.parametrize("allowed", [0, 2])
+def test_bad_steps_are_skipped_up_to_the_allowance(tiny_data, tmp_path, allowed):
+    torch.manual_seed(0)
+    model = hs.create_model("toy:cnn", 3)
+    objective = Objective([TaskTerm(CrossEntropy()), NaNAtStep({2, 5})])
+    settings = TrainSettings(epochs=1, batch_size=8, progress=False, precision="fp32", max_bad_steps=allowed)
+    if allowed < 2:
+        with pytest.raises(TrainingError, match="loss is nan at epoch 1, step 2"):
+            run_fit(model, tiny_data, get_strategy("full"), objective, settings, tmp_path / "r")
+        return
+    run = run_fit(model, tiny_data, get_strategy("full"), objective, settings, tmp_path / "r")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert run.best_epoch == 1 and torch.isfinite(torch.tensor(run.history[0]["train/loss"]))
+
+
+def test_a_failing_checkpoint_write_stops_the_run_at_the_next_epoch(tiny_data, tmp_path, monkeypatch):
+    def disk_full(self, state):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Folder, "save_checkpoint", disk_full)
+    with pytest.raises(TrainingError, match=r"could not write the checkpoint .*MB\).*No space left"):
+        hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", epochs=6, out=tmp_path / "r", **FAST)
+    rows = hs.run.read_metrics(tmp_path / "r")
+    assert len(rows) <= 2, "the run went on for epochs after its checkpoint could not be written"
+
+
+def test_a_folder_with_results_or_a_file_is_never_written_over(tiny_data, tmp_path):
+    (tmp_path / "r" / "best").mkdir(parents=True)
+    (tmp_path / "r" / "best" / "model.safetensors").write_text("the user's earlier model")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", epochs=1, out=tmp_path / "r", **FAST)
+    assert (tmp_path / "r" / "best" / "model.safetensors").read_text() == "the user's earlier model"
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigError, match="is a file"):
+        hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", epochs=1, out=tmp_path / "file", **FAST)
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_a_folder_in_use_is_refused_and_released_after(tmp_path):
+    record = {"strategy": {}, "train": {}}
+    held = RunFolder.open(tmp_path / "r", record)
+    with pytest.raises(ConfigError, match=f"in use by another process \\(PID {os.getpid()}\\)"):
+        RunFolder.open(tmp_path / "r", record, resume=True)
+    held.close()
+    RunFolder.open(tmp_path / "r", record, resume=True).close()  # released: a later process may resume
+
+
+def test_resume_tidies_what_a_killed_run_left(tiny_data, tmp_path):
+    args = dict(epochs=2, lr=0.01, **FAST)
+    hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", out=tmp_path / "r", **args)
+    run = tmp_path / "r"
+    (run / ".metrics.jsonl.abc.tmp").write_text("half")  # killed atomic writes
+    (run / "checkpoints" / ".last.pt.x.tmp").write_text("half")
+    os.replace(run / "best", run / "best.old")  # killed between the two renames of the best bundle's swap
+    (run / "best.new").mkdir()
+    folder = RunFolder.open(run, {"strategy": {}, "train": {}}, resume=True)
+    folder.close()
+    assert not list(run.glob("**/.*.tmp"))
+    assert (run / "best" / "model.safetensors").is_file() and not (run / "best.old").exists()
+    assert not (run / "best.new").exists()
+    assert hs.load(run).model is not None
+
+
+def test_resume_on_other_data_or_another_model_is_refused_with_a_message(tiny_data, tmp_path):
+    args = dict(epochs=2, lr=0.01, **FAST)
+    hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", out=tmp_path / "r", **args)
+    saved = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert set(saved["data"]) == {"train", "val", "test"} and saved["sessions"][0]["versions"]["torch"]
+    x, y = separable_images(seed=5)
+    other = from_arrays(x, y, classes=["a", "b", "c"], val_fraction=0.25, seed=0, name="tiny")
+    with pytest.raises(ConfigError, match="other data: the .*train"):
+        hs.fit(hs.create_model("toy:cnn", 3), other, "full", out=tmp_path / "r", resume=True, **args)
+    with pytest.raises(ConfigError, match="different settings.*model.backbone"):
+        hs.fit(hs.create_model("toy:mlp", 3), tiny_data, "full", out=tmp_path / "r", resume=True, **args)
