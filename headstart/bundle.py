@@ -137,7 +137,21 @@ def bundle_dir(path: str | Path) -> Path:
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    meta = json.loads((bundle_dir(path) / META).read_text())
+    """The bundle's headstart.json as a dict.
+
+    Raises:
+        BundleError: no bundle there, or its headstart.json is damaged or from a newer headstart.
+    """
+    file = bundle_dir(path) / META
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError (empty or cut off) and UnicodeDecodeError (garbage bytes) both
+        problem = "it is empty" if not file.read_bytes().strip() else f"it is not valid JSON ({e})"
+        raise BundleError(f"{str(file)!r} is damaged: {problem}. Re-export the bundle from its run folder, or "
+                          "copy the file again from where the bundle was made.") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{str(file)!r} is damaged: it holds a JSON {type(meta).__name__}, not the object "
+                          "headstart writes. Re-export the bundle from its run folder.")
     if meta.get("format") != FORMAT or meta.get("version", 0) > VERSION:
         raise BundleError(f"{str(path)!r} is not a headstart bundle of version <= {VERSION} "
                           f"(format={meta.get('format')!r}, version={meta.get('version')!r})")

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -114,32 +116,95 @@ def evaluate(run: Path = typer.Argument(..., help="run folder or bundle"),
 def predict(run: Path = typer.Argument(..., help="run folder or bundle"),
             inputs: List[Path] = typer.Argument(..., help="image files or folders; for a text model, text files "
                                                           "(.csv, .tsv, .jsonl, .json, .parquet)"),
-            out: Optional[Path] = typer.Option(None, help="write a CSV (path,label,probability[,row,text]) here"),
+            out: Optional[Path] = typer.Option(None, help="write the predictions as CSV (path,label,probability"
+                                                          "[,row,text]) to this file; a missing folder is created. "
+                                                          "Without it, the same rows, without the header, are "
+                                                          "printed"),
             text_column: List[str] = typer.Option([], "--text-column", help="text files: text column(s); "
                                                                             "default: the ones trained on"),
+            max_bad_fraction: float = typer.Option(0.1, "--max-bad-fraction",
+                                                   help="images: the share of files that may be unreadable; they "
+                                                        "are skipped with a warning. Above it, nothing is "
+                                                        "predicted"),
             ) -> None:
     """Predict labels for images or texts."""
-    from .inference import load
+    from .atomic import atomic_write_text
+    from .inference import UnreadableFilesError, load
 
+    if not 0 <= max_bad_fraction < 1:
+        fail(f"--max-bad-fraction must be at least 0 and below 1 (the share of image files that may be "
+             f"unreadable), got {max_bad_fraction:g}; e.g. --max-bad-fraction 0.2")
+    if out is not None:
+        check_out_path(out, inputs)
     predictor = load(run)
     if predictor.model.spec.modality == "text":
         header, rows = text_prediction_rows(predictor, inputs, list(text_column) or None)
     else:
-        paths: list[str] = []
-        for item in inputs:
-            paths += predictor.image_paths(item)
         header = ("path", "label", "probability")
-        rows = [(p, label, f"{prob:.4f}") for p, (label, prob) in zip(paths, predictor.predict(paths))]
-    if out:
-        with open(out, "w", newline="") as fh:
-            csv.writer(fh).writerows([header, *rows])
+        with warnings.catch_warnings(record=True) as caught:  # skipped files: one line each, not Python warnings
+            warnings.simplefilter("always")
+            try:
+                paths, preds = predictor.predict_files(inputs, max_bad_fraction=max_bad_fraction)
+            except UnreadableFilesError as e:
+                fail(f"{e} On the command line that is --max-bad-fraction (now {max_bad_fraction:g}).")
+        for w in caught:
+            typer.secho(f"warning: {w.message}", fg=typer.colors.YELLOW, err=True)
+        rows = [(p, label, f"{prob:.4f}") for p, (label, prob) in zip(paths, preds)]
+    if out is not None:
+        try:
+            atomic_write_text(out, csv_text([header, *rows]))
+        except OSError as e:
+            fail(f"cannot write {str(out)!r}: {e.strerror or e}. Give --out a file path in a folder you can "
+                 "write to, e.g. --out preds.csv")
         typer.echo(f"wrote {len(rows)} predictions to {out}")
     else:
-        for row in rows:
-            if header[-1] == "text":  # long texts shortened on screen; the CSV keeps them whole
-                text = " ".join(row[-1].split())
-                row = (*row[:-1], text if len(text) <= 80 else text[:77] + "...")
-            typer.echo("\t".join(row))
+        if header[-1] == "text":  # long texts shortened on screen; the CSV file keeps them whole
+            rows = [(*row[:-1], shorten(row[-1])) for row in rows]
+        typer.echo(csv_text(rows), nl=False)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+def check_out_path(out: Path, inputs: List[Path]) -> None:
+    """Refuse an --out that would destroy data or cannot be a file: an input, a folder, a path under a file, or
+    a name with an image, data or weights extension. Called before anything is read or written."""
+    from .data import IMAGE_EXTENSIONS
+    from .data.text import TEXT_FILE_SUFFIXES
+
+    target = out.expanduser().resolve()
+    if target.is_dir():
+        fail(f"--out {str(out)!r} is a folder; give a file path for the CSV, e.g. --out {str(out / 'preds.csv')!r}")
+    given = [p.expanduser().resolve() for p in inputs]
+    in_folder = out.suffix.lower() in IMAGE_EXTENSIONS and any(target.is_relative_to(p) for p in given if p.is_dir())
+    if target in given or (in_folder and target.is_file()):
+        fail(f"--out {str(out)!r} is one of the input files; writing the predictions there would overwrite it. "
+             "Give another path, e.g. --out preds.csv")
+    blocking = next((p for p in target.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        fail(f"--out {str(out)!r} cannot be written: {str(blocking)!r} is a file, not a folder. Give another path, "
+             "e.g. --out preds.csv")
+    # Input folders are searched by image extension, so refusing those names keeps every input image safe.
+    data_like = (set(IMAGE_EXTENSIONS) | set(TEXT_FILE_SUFFIXES) | set(WEIGHT_SUFFIXES)) - {".csv"}
+    if out.suffix.lower() in data_like:
+        fail(f"--out {str(out)!r} is named like an image, data or weights file ({out.suffix}), but the predictions "
+             f"are CSV; give a path ending in .csv, e.g. --out {str(out.with_suffix('.csv'))!r}")
+
+
+def csv_text(rows: list[tuple[str, ...]]) -> str:
+    """Rows as CSV that csv.reader reads back whole: fields with commas, quotes or line breaks are quoted.
+
+    The line ends stay csv's default \\r\\n: with a bare \\n, a \\r inside a field would go unquoted and break
+    the row when read back.
+    """
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
+
+
+def shorten(text: str, width: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def text_prediction_rows(predictor, files: List[Path], text_column: Optional[List[str]]):

@@ -20,6 +20,10 @@ from .model import TransferModel
 from .runtime import inference_placement, predict_outputs
 
 
+class UnreadableFilesError(DataError):
+    """More of the input image files than allowed cannot be decoded."""
+
+
 class Predictor:
     """A trained model ready for inference, with its labels and preprocessing attached."""
 
@@ -44,26 +48,38 @@ class Predictor:
             raise DataError(f"no image files in {str(path)!r} (looked for {', '.join(IMAGE_EXTENSIONS)})")
         return found
 
-    def _images(self, inputs: Any) -> tuple[torch.Tensor, list[str] | None]:
+    def _images(self, inputs: Any) -> torch.Tensor:
         """Decode paths / a folder / arrays / PIL images into uint8 (N, C, H, W)."""
         if isinstance(inputs, (str, os.PathLike)):
             inputs = self.image_paths(inputs)
         if isinstance(inputs, (np.ndarray, torch.Tensor)):
             arr = inputs if inputs.ndim != 2 and not (inputs.ndim == 3 and inputs.shape[-1] in (1, 3)) \
                 else inputs[None]  # a single image
-            return images_to_uint8(arr, "inputs"), None
+            return images_to_uint8(arr, "inputs")
         if isinstance(inputs, Sequence) and inputs and all(isinstance(p, (str, os.PathLike)) for p in inputs):
-            missing = [str(p) for p in inputs if not Path(p).is_file()]
-            if missing:
-                raise DataError(f"{len(missing)} input file(s) do not exist, e.g. {missing[:3]}")
-            pre = self.model.spec.preprocessing
-            stored = math.ceil(max(pre.image_size) / pre.crop_pct)
-            images, kept = load_image_files([str(p) for p in inputs], stored, max_bad_fraction=0.0)
-            return images, [str(inputs[i]) for i in kept]
+            try:
+                return self._read_files([str(p) for p in inputs], max_bad_fraction=0.0)[0]
+            except UnreadableFilesError as e:
+                raise UnreadableFilesError(f"{e} predict() and predict_proba() need every file, so that their "
+                                           "results line up with the inputs; predict_files(paths, "
+                                           "max_bad_fraction=0.1) skips unreadable files.") from None
         if isinstance(inputs, Sequence) and inputs and hasattr(inputs[0], "convert"):  # PIL images
-            return images_to_uint8(np.stack([np.asarray(im.convert("RGB")) for im in inputs]), "inputs"), None
+            return images_to_uint8(np.stack([np.asarray(im.convert("RGB")) for im in inputs]), "inputs")
         raise DataError(f"cannot predict on {type(inputs).__name__}; give image paths, a folder, a numpy/torch "
                         "array (N, H, W[, C]) or a list of PIL images")
+
+    def _read_files(self, paths: list[str], max_bad_fraction: float) -> tuple[torch.Tensor, list[str]]:
+        """Decode image files into uint8 (N, C, S, S); returns them and the paths read, in order."""
+        missing = [p for p in paths if not Path(p).is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} input file(s) do not exist, e.g. {missing[:3]}")
+        pre = self.model.spec.preprocessing
+        stored = math.ceil(max(pre.image_size) / pre.crop_pct)
+        try:
+            images, kept = load_image_files(paths, stored, max_bad_fraction=max_bad_fraction)
+        except DataError as e:  # the files exist and the size is valid, so: too many cannot be decoded
+            raise UnreadableFilesError(str(e)) from None
+        return images, [paths[i] for i in kept]
 
     @staticmethod
     def _texts(inputs: Any) -> list:
@@ -90,10 +106,13 @@ class Predictor:
         if self.model.spec.modality == "text":
             texts = self._texts(inputs)
             # Placeholder float targets: TextData needs targets, prediction never reads them.
-            data: Any = TextData(texts, torch.zeros(len(texts)), list(self.labels))
-        else:
-            images, _ = self._images(inputs)
-            data = ImageData(images, torch.zeros(len(images), dtype=torch.long), list(self.labels))
+            return self._probabilities(TextData(texts, torch.zeros(len(texts)), list(self.labels)))
+        return self._probabilities(self._image_data(self._images(inputs)))
+
+    def _image_data(self, images: torch.Tensor) -> ImageData:
+        return ImageData(images, torch.zeros(len(images), dtype=torch.long), list(self.labels))  # targets unused
+
+    def _probabilities(self, data: ImageData | TextData) -> np.ndarray:
         out = predict_outputs(self.model, make_batcher(data, self.model.spec, train=False), **self._kwargs)
         if self.model.task == "multilabel":
             return out.sigmoid().numpy()
@@ -107,7 +126,38 @@ class Predictor:
             hs.load("runs/fmnist").predict(["shoe.png"])              # [("Sneaker", 0.97)]
             hs.load("runs/news").predict(["Shares fell sharply ..."])  # [("business", 0.99)]
         """
-        probs = self.predict_proba(inputs)
+        return self._predictions(self.predict_proba(inputs), threshold)
+
+    def predict_files(self, paths: str | os.PathLike | Sequence[str | os.PathLike], threshold: float = 0.5,
+                      max_bad_fraction: float = 0.1) -> tuple[list[str], list]:
+        """Predict on image files and folders, skipping unreadable files with a warning.
+
+        `predict` fails on any unreadable file, so that its results line up with its inputs; this skips up to
+        `max_bad_fraction` of the files, as training on an image folder does, and returns the paths it read.
+
+        Returns:
+            (the paths read, in order; their predictions, as `predict` gives them)
+        Raises:
+            UnreadableFilesError: more than `max_bad_fraction` of the files cannot be decoded.
+
+        Example:
+            paths, preds = hs.load("runs/pets").predict_files("photos/")
+        """
+        if self.model.spec.modality == "text":
+            raise DataError("predict_files() reads image files, and this is a text model: read the texts with "
+                            "read_texts(path) and pass them to predict().")
+        if isinstance(max_bad_fraction, bool) or not isinstance(max_bad_fraction, (int, float)) \
+                or not 0 <= max_bad_fraction < 1:
+            raise DataError(f"max_bad_fraction must be a number from 0 up to (not including) 1, the share of files "
+                            f"that may be unreadable; got {max_bad_fraction!r}. The default is 0.1.")
+        listed = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        if not listed:
+            raise DataError("predict_files() got no paths; give image files or folders.")
+        images, read = self._read_files([f for p in listed for f in self.image_paths(p)], max_bad_fraction)
+        return read, self._predictions(self._probabilities(self._image_data(images)), threshold)
+
+    def _predictions(self, probs: np.ndarray, threshold: float) -> list:
+        """Top (label, probability) per row; for multi-label models, every label at or above `threshold`."""
         if self.model.task == "multilabel":
             return [[(self.labels[i], float(p[i])) for i in np.argsort(-p, kind="stable") if p[i] >= threshold]
                     for p in probs]

@@ -179,3 +179,51 @@ def predict_outputs(model: nn.Module, batcher, *, batch_size: int = 128, bf16: b
     model.eval()
     return run_over_split(model, batcher, batch_size=batch_size, bf16=bf16, channels_last=channels_last,
                           device=device)[0]
+
+
+def activation_bytes(model: nn.Module, sample: Any) -> int | None:
+    """Bytes of the outputs of every leaf module for one training forward pass on `sample`.
+
+    Measured on a copy of the model on the meta device (shapes only: no memory, no compute, no RNG draw),
+    without the model's own hooks, so nothing of the model or its users' hooks sees the pass. What a
+    backward pass keeps is close to this; a frozen backbone keeps far less (no graph). None when the model
+    cannot run on shapes alone (a data-dependent step, such as some text encoders' mask handling).
+    """
+    import copy
+
+    memo: dict[int, Any] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    shadow = copy.deepcopy(model, memo)  # the tensors come from `memo`: nothing is copied
+    total = 0
+
+    def count(module, inputs, output) -> None:
+        nonlocal total
+        for t in output if isinstance(output, (tuple, list)) else [output]:
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+
+    for module in shadow.modules():
+        module._forward_hooks.clear()  # the copy's own hook tables: the user's hooks stay on `model`
+        module._forward_pre_hooks.clear()
+        if not list(module.children()):
+            module.register_forward_hook(count)
+    shadow.train()
+    try:
+        shadow(to_device(sample, torch.device("meta")))
+    except (RuntimeError, NotImplementedError):  # an op that needs values, not shapes: no estimate
+        return None
+    return total
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for a run on `device` (MemAvailable on a Linux CPU, free memory on a GPU); None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as fh:
+            fields = dict(line.split(":", 1) for line in fh)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None

@@ -181,8 +181,12 @@ def test_parse_backbone():
 
 
 def _one_class():
-    x = np.full((20, 8, 8, 3), 100, np.uint8)
-    return from_arrays(x, np.zeros(20, int), classes=["only"], val_fraction=0.25, name="one")
+    """Splits with one class, built directly: the loaders refuse them, and rank must refuse them too."""
+    from headstart.data import DataSplits, ImageData
+
+    images = torch.full((20, 3, 8, 8), 100, dtype=torch.uint8)
+    part = ImageData(images, torch.zeros(20, dtype=torch.long), ["only"])
+    return DataSplits(part, part.subset(torch.arange(5)), None, ["only"], "one")
 
 
 @pytest.mark.parametrize("case, error, match", [

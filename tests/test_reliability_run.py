@@ -131,3 +131,13 @@ def test_resume_on_other_data_or_another_model_is_refused_with_a_message(tiny_da
         hs.fit(hs.create_model("toy:cnn", 3), other, "full", out=tmp_path / "r", resume=True, **args)
     with pytest.raises(ConfigError, match="different settings.*model.backbone"):
         hs.fit(hs.create_model("toy:mlp", 3), tiny_data, "full", out=tmp_path / "r", resume=True, **args)
+
+
+def test_a_step_that_cannot_fit_in_memory_is_refused_before_training(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr("headstart.run.trainer.available_bytes", lambda device: 50_000_000)  # 50 MB free
+    with pytest.raises(ConfigError, match=r"needs about .* GB .*batch_size 100000.*at most about \d+"):
+        hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", epochs=1, out=tmp_path / "r",
+               **{**FAST, "batch_size": 100_000})
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
+    run = hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", epochs=1, out=tmp_path / "s", **FAST)
+    assert run.best_epoch == 1  # a batch that fits trains as before

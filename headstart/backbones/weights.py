@@ -46,12 +46,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise HeadstartError(f"weights file {str(path)!r} does not exist. Give the path to a .safetensors "
                              "or .pth file, 'package:<name>' for installed weights, or 'hub' to download.")
+    if path.stat().st_size == 0:  # a failed download or copy; both readers would name it obscurely
+        raise BundleError(damaged(path, "it is empty (0 bytes)"))
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as e:  # a bad header or a file shorter than its header says
+            raise BundleError(damaged(path, f"safetensors cannot read it ({e})")) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (EOFError, RuntimeError) as e:  # a cut-off pickle, or a zip archive without its end (truncated)
+        raise BundleError(damaged(path, f"torch cannot read it ({type(e).__name__}: {first_sentence(e)})")) from None
     except Exception as e:  # torch raises UnpicklingError with a long message; say what it means
         raise BundleError(
             f"refused to load {str(path)!r}: it is not a plain tensor file ({type(e).__name__}). Loading it "
@@ -66,12 +74,29 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def damaged(path: Path, problem: str) -> str:
+    return (f"weights file {str(path)!r} is damaged or truncated: {problem}. Re-download it, or re-export it "
+            "from where it was made (torch.save(model.state_dict(), path) or safetensors' save_file).")
+
+
+def first_sentence(error: Exception) -> str:
+    """The start of an error's message: torch's run to several sentences of advice."""
+    return str(error).strip().split("\n")[0].split(". ")[0]
+
+
 def sidecar_preprocessing(path: Path) -> dict[str, Any]:
     """Preprocessing shipped beside a weights file as `<stem>.json` (keys like timm's pretrained_cfg)."""
     side = path.with_suffix(".json")
     if not side.is_file():
         return {}
-    cfg = json.loads(side.read_text())
+    try:
+        cfg = json.loads(side.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both
+        raise BundleError(f"preprocessing file {str(side)!r} beside the weights is damaged ({e}). Fix or delete "
+                          "it (without it the backbone's default preprocessing is used), or re-download it.") from None
+    if not isinstance(cfg, dict):
+        raise BundleError(f"preprocessing file {str(side)!r} beside the weights holds a {type(cfg).__name__}, "
+                          "not a JSON object like {\"mean\": [...], \"std\": [...]}. Fix or delete it.")
     keys = ("input_size", "mean", "std", "interpolation", "crop_pct")
     return {k: cfg[k] for k in keys if k in cfg}
 

@@ -20,6 +20,36 @@ from ..errors import ConfigError
 from .schema import RunConfig, run_config
 
 
+# --------------------------------------------------------------------------- YAML
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int):
+        super().__init__(f"key {key!r} appears twice in one mapping (lines {first} and {second})")
+        self.key, self.first, self.second = key, first, second
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` then a key of the base is an intended override, not a duplicate
+                key = self.construct_object(key_node, deep=False)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader's own error reports it below
+                    continue
+                if first is not None:
+                    raise _DuplicateKey(key, first, line)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 # --------------------------------------------------------------------------- schema helpers
 
 
@@ -141,7 +171,9 @@ def _cast_value(raw: str, annotation: Any) -> Any:
     """
     text = raw.strip()
     try:
-        value = yaml.safe_load(text) if text else None
+        value = yaml.load(text, Loader=_UniqueKeyLoader) if text else None
+    except _DuplicateKey as e:
+        raise ConfigError(f"override value {text!r} gives key {e.key!r} twice; give each key once.") from None
     except yaml.YAMLError:
         value = text
     accepted = _accepted_types(annotation)
@@ -318,7 +350,12 @@ def _read_yaml(path: Path) -> dict:
             f"cannot read config file {str(path)!r}: {exc}. Pass a readable UTF-8 YAML file."
         ) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as e:
+        raise ConfigError(
+            f"config file {str(path)!r} sets {e.key!r} twice in the same section (lines {e.first} and {e.second}); "
+            "YAML would silently keep only the last one. Remove one of them."
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)

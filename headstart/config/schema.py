@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from typing import Any, Literal
+import types
+import typing
+from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from ..errors import ConfigError
 from ..objectives import LossSettings
@@ -23,6 +26,42 @@ from ..strategies import STRATEGIES, StrategyOptions, strategy_options
 _STRICT = ConfigDict(extra="forbid", validate_default=True)
 
 
+def _takes_bool(annotation: Any) -> bool:
+    return annotation is bool or (typing.get_origin(annotation) is Literal
+                                  and any(isinstance(v, bool) for v in typing.get_args(annotation)))
+
+
+def _bool_for_number(annotation: Any, value: Any) -> bool:
+    """True if `value` is (or, for a list field, holds) a bool where the field expects an int or float."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if isinstance(value, bool) and any(_takes_bool(a) for a in args):
+            return False
+        return any(_bool_for_number(a, value) for a in args)
+    if origin is list:
+        item = typing.get_args(annotation)[0] if typing.get_args(annotation) else Any
+        return isinstance(value, list) and any(_bool_for_number(item, v) for v in value)
+    return isinstance(value, bool) and annotation in (int, float)
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys are errors, and a boolean is never read as a number."""
+
+    model_config = _STRICT
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads True as 1, so `batch_size: true` (or `yes`, `on` in YAML 1.1) would train
+        # with batch size 1. Checked on every field, so the sections derived from dataclasses are covered too.
+        if _bool_for_number(cls.model_fields[info.field_name].annotation, value):
+            raise PydanticCustomError(
+                "bool_for_number", "a number is expected, not a boolean (YAML reads unquoted true/false, yes/no and "
+                "on/off as booleans); write a number such as 32 or 0.001")
+        return value
+
+
 def _fields_of(*classes: type) -> dict[str, tuple[Any, Any]]:
     """pydantic field definitions of dataclass fields: type, default and bounds; nested dataclasses become
     nested sections."""
@@ -30,7 +69,7 @@ def _fields_of(*classes: type) -> dict[str, tuple[Any, Any]]:
     for cls in classes:
         for name, d in declared(cls).items():
             if dataclasses.is_dataclass(d.type):
-                section = create_model(f"{d.type.__name__}Config", __config__=_STRICT, **_fields_of(d.type))
+                section = create_model(f"{d.type.__name__}Config", __base__=_Section, **_fields_of(d.type))
                 section.__doc__ = d.type.__doc__
                 out[name] = (section, Field(default_factory=section))
             else:
@@ -42,26 +81,23 @@ def _fields_of(*classes: type) -> dict[str, tuple[Any, Any]]:
 # --------------------------------------------------------------------------- sections
 
 
-class ModelConfig(BaseModel):
+class ModelConfig(_Section):
     """The network: backbone, pretrained weights and classification head."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     backbone: str = Field("timm:tf_efficientnet_lite0", min_length=1)
     weights: str | None = None  # e.g. "package:efficientnet-lite0", a local file, "hub"
     head: Literal["linear", "mlp"] = "linear"
     head_hidden: int = Field(512, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    image_size: int | None = Field(None, ge=16)  # overrides the weights' input size
+    # Overrides the weights' input size. Bounded: model.image_size=100000 ran until the OOM killer stopped it.
+    image_size: int | None = Field(None, ge=16, le=2048)
     max_length: int | None = Field(None, ge=2)  # text backbones: tokens kept per text (default: the model's limit)
     pooling: Literal["cls", "mean", "max", "pooler"] | None = None  # text backbones (default: the model's own)
     normalize: bool | None = None  # text backbones: L2-normalise the embedding (default: the model's own)
 
 
-class DataConfig(BaseModel):
+class DataConfig(_Section):
     """Where the data come from and how they are split and sampled."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     dataset: str | None = None  # a built-in data set name, e.g. "fashion-mnist"
     path: str | None = None  # an image folder (one sub-folder per class), or a .csv/.tsv/.jsonl/.json/.parquet file
@@ -120,14 +156,12 @@ class DataConfig(BaseModel):
 
 
 
-class _StrategySection(BaseModel):
+class _StrategySection(_Section):
     """How the pretrained network is adapted (names are checked against the strategy registry).
 
     Options left at None take the strategy's default; an option the named strategy does not take is an
     error (``headstart list strategies`` shows them all).
     """
-
-    model_config = _STRICT
 
     name: str = Field("full", min_length=1)
 
@@ -169,11 +203,9 @@ def _strategy_option_fields() -> dict[str, tuple[Any, Any]]:
     return fields
 
 
-class _TrainSection(BaseModel):
+class _TrainSection(_Section):
     """Optimisation, precision, loss, evaluation and caching settings (`run.TrainSettings` and
     `objectives.LossSettings`)."""
-
-    model_config = _STRICT
 
     @field_validator("channels_last", mode="before", check_fields=False)
     @classmethod
@@ -191,10 +223,8 @@ TrainConfig.__doc__ = _TrainSection.__doc__
 EarlyStoppingConfig = TrainConfig.model_fields["early_stopping"].annotation
 
 
-class _RunSection(BaseModel):
+class _RunSection(_Section):
     """Everything one training run needs."""
-
-    model_config = _STRICT
 
 
 @functools.lru_cache(maxsize=None)

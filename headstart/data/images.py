@@ -21,6 +21,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".
                                      ".ppm", ".pgm", ".pbm")
 # PIL modes whose pixels carry one intensity value; everything else is decoded as RGB.
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+_INT32_MAX = 2**31 - 1  # PIL mode "I" is signed 32-bit
 _DECODE_THREADS = 2  # PIL releases the GIL while decoding, so two threads use both cores
 _WARN_LIMIT = 10  # bad files warned about one by one; the rest are summed up in one warning
 
@@ -125,6 +126,51 @@ def row_indices(indices: torch.Tensor | Sequence[int] | np.ndarray, n: int) -> t
     return idx
 
 
+# How a gap in a label column reads once written as text (pandas' astype(str) gives "nan"). Not "Nan", a name.
+_NAN_TEXTS = frozenset({"", "nan", "NaN", "NAN"})
+
+
+def is_missing_label(value: Any) -> bool:
+    """True for None, a float NaN, an empty string or the text "nan" / "NaN" / "NAN"."""
+    if value is None:
+        return True
+    if isinstance(value, (float, np.floating)):
+        return bool(np.isnan(value))
+    if isinstance(value, str):
+        return value.strip() in _NAN_TEXTS
+    return False
+
+
+def _positions(indices: Sequence[int], shown: int = 5) -> str:
+    more = f" and {len(indices) - shown} more" if len(indices) > shown else ""
+    return ", ".join(str(i) for i in indices[:shown]) + more
+
+
+def require_two_classes(data: Labelled, source: str, fix: str) -> None:
+    """Raise DataError unless classification training data has at least two classes to tell apart.
+
+    With a single class every prediction is right: the loss falls to 0 and val accuracy is 1.0, a run that
+    looks perfect and has learnt nothing. Regression targets are exempt. Multi-label data needs rows whose
+    label sets differ (one tag present in some rows and absent in others is a real binary problem).
+    """
+    if data.is_regression or len(data) == 0:
+        return
+    if data.multi_label:
+        rows = torch.unique(data.targets, dim=0)
+        if rows.shape[0] < 2:
+            labels = [c for c, on in zip(data.classes, rows[0].tolist()) if on]
+            raise DataError(f"{source}: every training row has the same labels {labels}, so there is nothing to "
+                            f"learn (the model would predict them for everything and score perfectly). {fix}")
+        return
+    present = torch.unique(data.targets).tolist()
+    if len(present) < 2:
+        names = ", ".join(repr(data.classes[i]) for i in present)
+        listed = f" out of the {len(data.classes)} in the class list" if len(data.classes) > len(present) else ""
+        raise DataError(f"{source}: found {len(present)} class ({names}){listed} in the training data; a "
+                        f"classifier needs at least two (with one, every prediction is right: loss 0 and accuracy "
+                        f"1.0 while learning nothing). {fix}")
+
+
 def stratified_split(targets: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split indices into (keep, held_out): per class round(fraction * n) held out, seeded and deterministic.
 
@@ -180,6 +226,24 @@ def subsample_per_class(data: ImageData, per_class: int | None = None, fraction:
 # Decoding image files
 
 
+def _integer_to_8_bit(img):
+    """A 16- or 32-bit integer image ("I;16*", "I") as 8-bit "L", scaled by its bit depth.
+
+    PIL's convert("L") clips these at 255, which turns a 16-bit image almost entirely white.
+    """
+    from PIL import Image
+
+    arr = np.asarray(img)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0:
+        raise ValueError(f"{img.mode} image has negative pixel values (min {lo}); only unsigned pixels can be "
+                         f"read. Re-export it as an 8- or 16-bit image.")
+    # 16-bit PNGs and TIFFs often open as mode "I", so values that fit in 16 bits are read as 16-bit data
+    # (65535 / 257 = 255: level k * 257 becomes k); larger ones use the full 31-bit positive range.
+    scale = 257.0 if hi <= 65535 else _INT32_MAX / 255.0
+    return Image.fromarray(np.rint(arr / scale).astype(np.uint8))
+
+
 def _decode_file(path: str, stored_size: int | None) -> tuple[np.ndarray, bool]:
     """Decode one file into an (H, W) gray or (H, W, 3) RGB uint8 array, resized and centre-cropped."""
     from PIL import Image, ImageOps
@@ -190,6 +254,8 @@ def _decode_file(path: str, stored_size: int | None) -> tuple[np.ndarray, bool]:
             # for photos far larger than stored_size.
             img.draft(None, (stored_size, stored_size))
         img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
+        if img.mode.startswith("I"):
+            img = _integer_to_8_bit(img)
         gray = img.mode in _GRAY_MODES
         img = img.convert("L" if gray else "RGB")
     if stored_size:
@@ -335,6 +401,8 @@ def image_folder(root: str | os.PathLike, val: str | os.PathLike | None = None,
     """
     root_path = Path(root)
     train = _load_folder_part(root_path, "training", None, stored_size, tuple(extensions))
+    require_two_classes(train, f"training folder {str(root_path)!r}",
+                        f"Add a second class folder next to it ({root_path}/<other class>/<images>).")
     classes = list(train.classes)
     if val is not None:
         val_data: ImageData | None = _load_folder_part(Path(val), "val", classes, stored_size, tuple(extensions))
@@ -417,7 +485,13 @@ def _targets(y: Any, what: str, n: int, classes: list[str] | None) -> tuple[torc
         raise DataError(f"{what} has {arr.shape[0]} labels but there are {n} images; give exactly one label per "
                         f"image.")
     if arr.dtype.kind in "USO":
-        labels = [str(v) for v in arr.tolist()]
+        values = arr.tolist()
+        missing = [i for i, v in enumerate(values) if is_missing_label(v)]
+        if missing:
+            raise DataError(f"{what} has missing labels (None, NaN, 'nan' or empty) at positions "
+                            f"{_positions(missing)} (counting from 0); every image needs a label. Fill in those "
+                            f"labels or drop those images.")
+        labels = [str(v) for v in values]
         if classes is None:
             classes = sorted(set(labels))
         index = {c: i for i, c in enumerate(classes)}
@@ -426,10 +500,15 @@ def _targets(y: Any, what: str, n: int, classes: list[str] | None) -> tuple[torc
             raise DataError(f"{what} has labels {unknown[:10]} that are not in classes {classes[:20]}; add them to "
                             f"classes or fix the labels.")
         return torch.tensor([index[v] for v in labels], dtype=torch.long), list(classes)
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        bad = np.flatnonzero(~np.isfinite(arr)).tolist()
+        kind = "regression targets" if classes is None else "labels"
+        raise DataError(f"{what} has NaN or infinite {kind} at positions {_positions(bad)} (counting from 0); "
+                        f"they would make every loss NaN. Fill in those values or drop those images.")
     if arr.dtype.kind == "f" and classes is None:
         return torch.from_numpy(arr.astype(np.float32)), []  # float labels without classes: regression
     if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+        if not np.all(arr == np.round(arr)):
             raise DataError(f"{what} has non-integer float labels but classes were given; class labels must be "
                             f"whole numbers (or pass classes=None for regression targets).")
         arr = arr.astype(np.int64)
@@ -471,6 +550,8 @@ def from_arrays(x: Any, y: Any, classes: list[str] | None = None, val_fraction: 
         if len(set(classes)) != len(classes):
             raise DataError(f"classes must be unique, got duplicates in {classes[:20]}.")
     train = _array_part(x, y, "train", classes)
+    require_two_classes(train, "y", "Add images of a second class, or pass float targets without classes to "
+                                    "train a regression model.")
     classes = list(train.classes)
     if x_val is not None or y_val is not None:
         val: ImageData | None = _array_part(x_val, y_val, "val", classes or None)

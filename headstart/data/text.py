@@ -20,7 +20,7 @@ import torch
 from ..errors import DataError
 from .batcher import BATCHERS, SplitBatcher
 from .batches import iterate_batches
-from .images import hash_tensor, row_indices, stratified_split
+from .images import hash_tensor, is_missing_label, require_two_classes, row_indices, stratified_split
 from .splits import DataSplits, Labelled
 
 Text = Union[str, tuple[str, str]]
@@ -302,7 +302,10 @@ def _label_lists(rows: list[dict], column: str, multi_label: bool, delimiter: st
         value = row.get(column)
         if multi_label:
             if value is None or (isinstance(value, str) and not value.strip()):
-                items: list[Any] = []
+                items: list[Any] = []  # a row without labels
+            elif is_missing_label(value):
+                missing.append(i)
+                continue
             elif isinstance(value, (list, tuple)):
                 items = list(value)
             elif isinstance(value, str) and delimiter is not None:
@@ -315,20 +318,29 @@ def _label_lists(rows: list[dict], column: str, multi_label: bool, delimiter: st
                                     f"valid JSON; write it as [\"a\", \"b\"] or use label_delimiter.") from None
             else:
                 items = [value]
+            if any(is_missing_label(v) for v in items):
+                missing.append(i)
+                continue
             out.append(sorted({_map_name(v, label_names, source) for v in items}))
             continue
         if isinstance(value, (list, tuple)):
             listed.append(i)
-        elif value is None or (isinstance(value, str) and not value.strip()):
+        elif is_missing_label(value):
             missing.append(i)
         else:
             out.append([_map_name(value.strip() if isinstance(value, str) else value, label_names, source)])
     if listed:
         raise DataError(f"{source}: label column {column!r} holds lists in {_rows(listed)}; that is multi-label "
                         f"data: pass multi_label=True (CLI: --set data.multi_label=true).")
+    if missing and multi_label:
+        raise DataError(f"{source}: null or NaN label in {_rows(missing)} (rows count from 1, header not counted) "
+                        f"of column {column!r}. Fill in those labels or drop those rows; a row without labels is "
+                        f"written as [] or an empty cell.")
     if missing:
-        raise DataError(f"{source}: missing label in {_rows(missing)} (rows count from 1, header not counted) of "
-                        f"column {column!r}; every row needs a label. Drop or label those rows.")
+        # A NaN must not become a class named "nan": it is a gap in the data, not a label.
+        raise DataError(f"{source}: missing label in {_rows(missing)} (empty, null or NaN; rows count from 1, "
+                        f"header not counted) of column {column!r}; every row needs a label. Fill in those labels "
+                        f"or drop those rows.")
     return out
 
 
@@ -415,6 +427,8 @@ def text_file(path: str | Path, text_column: str | Sequence[str] = "text", label
     if fixed is not None and len(set(fixed)) != len(fixed):
         raise DataError(f"classes must be unique, got duplicates in {fixed[:20]}.")
     train = _part(rows, columns, str(path), spec, fixed, f"{path.name}")
+    require_two_classes(train, f"{str(path)!r} (label column {label_column!r})",
+                        "Add rows with a second label to the file, or pick the right label_column.")
     parts = {}
     for what, other in (("val", val), ("test", test)):
         if other is not None:
@@ -471,6 +485,7 @@ def from_texts(texts: Sequence[Text], labels: Sequence[Any], classes: Sequence[s
 
     fixed = [str(c) for c in classes] if classes is not None else None
     train = part(texts, labels, fixed, "train")
+    require_two_classes(train, "labels", "Add texts with a second label.")
     val = part(texts_val, labels_val, train.classes, "val")
     test = part(texts_test, labels_test, train.classes, "test")
     train, val, test = _split_parts(train, val, test, val_fraction, test_fraction, seed)

@@ -15,12 +15,13 @@ from typing import Any
 import torch
 
 from ..bundle import bundle_writer, load_model, read_meta, WEIGHTS
-from ..data import DataSplits, num_batches
+from ..data import DataSplits, make_batcher, num_batches
 from ..errors import ConfigError, DataError
 from ..metrics import default_metrics
 from ..model import TransferModel
 from ..objectives import Objective
-from ..runtime import depthwise_in_fp32, pin_depthwise, resolve_channels_last, resolve_precision
+from ..runtime import (activation_bytes, available_bytes, depthwise_in_fp32, pin_depthwise, resolve_channels_last,
+                       resolve_precision)
 from ..strategies import Strategy, trainable_summary
 from .checkpoint import BackgroundWriter, nbytes, snapshot
 from .dropout import install as install_fast_dropout
@@ -79,6 +80,7 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device
     compute = Compute.prepare(s, model, device)
+    check_memory(model, data, s, device)
     optimizer = build_optimizer(strategy.param_groups(model, max(start_epoch - 1, 0), s.lr, s.weight_decay,
                                                       s.head_lr), s.optimizer, s.lr, s.momentum)
     steps = math.ceil(num_batches(len(data.train), s.batch_size, accelerator.num_processes) / s.grad_accum)
@@ -207,6 +209,30 @@ class Compute:
     def __str__(self) -> str:
         return (f"precision train={'bf16' if self.bf16_train else 'fp32'} eval={'bf16' if self.bf16_eval else 'fp32'}"
                 f"{' (depthwise convolutions in fp32)' if self.pinned else ''}, channels_last={self.channels_last}")
+
+
+def check_memory(model: TransferModel, data: DataSplits, settings: TrainSettings, device: torch.device) -> None:
+    """Refuse a run whose training step cannot fit in memory, before it starts, with what to change.
+
+    Needed: the activations a trainable backbone keeps for backward (measured on one sample with fake tensors,
+    times the batch) plus weights, gradients and AdamW's two moments. A frozen backbone is left out: it keeps
+    no graph, and its features are usually cached.
+    """
+    free = available_bytes(device)
+    if free is None or not model.backbone_trainable():  # unknown, or no graph to keep
+        return
+    per_sample = activation_bytes(model, make_batcher(data.train, model.spec, train=False).inputs(torch.arange(1)))
+    if per_sample is None:
+        return
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    needed = per_sample * settings.batch_size + 4 * params
+    if needed > 0.9 * free:
+        fits = max(1, int((0.9 * free - 4 * params) // max(per_sample, 1)))
+        raise ConfigError(f"a training step needs about {needed / 1e9:.1f} GB ({per_sample / 1e6:.0f} MB of "
+                          f"activations per sample, batch_size {settings.batch_size}, plus weights, gradients and "
+                          f"optimizer state) but {free / 1e9:.1f} GB are free on {device}. Lower train.batch_size "
+                          f"(at most about {fits}; train.grad_accum keeps the effective batch), lower "
+                          "model.image_size or max_length, or freeze more of the backbone.")
 
 
 def restore(state: dict[str, Any], model, optimizer, scheduler, kept: BestEpoch) -> tuple[int, bool]:
