@@ -14,7 +14,7 @@ from typing import Any
 from .config import RunConfig, loss_settings, strategy_config, train_settings, validate_config
 from .data import DataSplits
 from .data.datasets import DATASETS
-from .data.sources import resolve_source
+from .data.sources import resolve_source, source_modality
 from .model import TransferModel, create_model
 from .objectives import task_objective
 from .plan.auto import DECISION_FILE, choose
@@ -84,11 +84,26 @@ def resolved_record(record: RunConfig | None, model: TransferModel, data: DataSp
         "strategy": strategy.model_dump(), "train": train.model_dump(), "out": str(out)})
 
 
+DEFAULT_BACKBONES = {"image": "timm:tf_efficientnet_lite0", "text": "hf:sentence-transformers/all-MiniLM-L6-v2"}
+
+
 def model_from_config(cfg: RunConfig) -> TransferModel:
+    """The config's model; ``backbone: auto`` picks the default backbone for the data's modality and
+    ``weights: auto`` its pretrained weights (an installed package, else the hub)."""
     m = cfg.model
-    return create_model(m.backbone, weights=m.weights, head=m.head, hidden=m.head_hidden, dropout=m.dropout,
+    backbone = m.backbone
+    if backbone == "auto":
+        d = cfg.data.require_source()
+        backbone = DEFAULT_BACKBONES[source_modality(d.dataset if d.dataset is not None else d.path)]
+    return create_model(backbone, weights=m.weights, head=m.head, hidden=m.head_hidden, dropout=m.dropout,
                         image_size=m.image_size, max_length=m.max_length, pooling=m.pooling, normalize=m.normalize,
                         task="multilabel" if cfg.data.is_multi_label else "classification")
+
+
+def resolved_model_config(cfg: RunConfig, model: TransferModel) -> RunConfig:
+    """`cfg` with the backbone and weights the model was built with, for config.yaml (never "auto")."""
+    update = {"backbone": model.spec.source, "weights": model.spec.weights or "random"}
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update=update)})
 
 
 def data_from_config(cfg: RunConfig, model: TransferModel) -> DataSplits:
@@ -110,6 +125,7 @@ def fit_from_config(cfg: RunConfig, resume: bool = False, *, model: TransferMode
     """
     model = model if model is not None else model_from_config(cfg)
     data = data if data is not None else data_from_config(cfg, model)
+    cfg = resolved_model_config(cfg, model)
     return fit(model, data, cfg.strategy.name, out=cfg.out, resume=resume, bn=cfg.strategy.bn,
                augment=cfg.data.augment, record=cfg, **cfg.strategy.options(), **cfg.train.model_dump())
 

@@ -212,7 +212,7 @@ def activation_bytes(model: nn.Module, sample: Any) -> int | None:
     shadow.train()
     try:
         shadow(to_device(sample, torch.device("meta")))
-    except (RuntimeError, NotImplementedError):  # an op that needs values, not shapes: no estimate
+    except (RuntimeError, NotImplementedError, ValueError):  # an op that needs values, not shapes: no estimate
         return None
     return total
 

@@ -137,3 +137,28 @@ def test_cli_list():
     assert res.exit_code == 0 and "toy:cnn" in res.output and "toy:mlp" in res.output
     res = CliRunner().invoke(app, ["list", "strategies"])
     assert "linear-probe" in res.output and "full" in res.output
+
+
+def test_a_local_folder_named_like_a_builtin_data_set_means_the_folder_everywhere(tmp_path, monkeypatch):
+    """`fit --data digits` and `evaluate --data digits` read the same data: the local ./digits folder."""
+    monkeypatch.chdir(tmp_path)
+    write_folder(tmp_path / "digits")
+    runner = CliRunner()
+    res = runner.invoke(app, ["fit", "--backbone", "toy:cnn", "--data", "digits", "--epochs", "1", "--out", "run",
+                              "--set", "train.progress=false", "--set", "data.val_fraction=0.34"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["evaluate", "run", "--data", "digits"])
+    assert res.exit_code == 0, res.output  # the built-in digits (10 classes) would be refused for 2 labels
+    assert "accuracy" in res.output
+
+
+def test_cli_resume_with_other_data_is_refused(tmp_path):
+    write_folder(tmp_path / "imgs")
+    write_folder(tmp_path / "other", size=24)
+    runner = CliRunner()
+    args = ["--set", "train.progress=false", "--set", "data.val_fraction=0.34"]
+    res = runner.invoke(app, ["fit", "--backbone", "toy:cnn", "--data", str(tmp_path / "imgs"), "--epochs", "2",
+                              "--out", str(tmp_path / "run"), *args])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["fit", "--resume", str(tmp_path / "run"), "--data", str(tmp_path / "other")])
+    assert res.exit_code == 2 and "different settings" in res.output and "data.path" in res.output, res.output

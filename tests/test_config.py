@@ -29,7 +29,7 @@ def write(tmp_path, text: str, name: str = "run.yaml"):
 def test_defaults_validate():
     cfg = load_config()
     assert cfg == RunConfig()
-    assert cfg.model.backbone == "timm:tf_efficientnet_lite0"
+    assert (cfg.model.backbone, cfg.model.weights) == ("auto", "auto")  # pretrained, chosen by the data
     assert cfg.model.head == "linear"
     assert cfg.train.epochs == 5
     assert cfg.train.lr == pytest.approx(1e-3)

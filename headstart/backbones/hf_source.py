@@ -164,6 +164,7 @@ def _package_weights(key: str) -> Callable[[], LoadedWeights]:
                              architecture=f"hf:{pkg.hub_id}")
 
     load.__doc__ = TEXT_PACKAGES.help(key) + "; use with backbone hf:" + TEXT_PACKAGES.get(key).hub_id
+    load.architecture = f"hf:{TEXT_PACKAGES.get(key).hub_id}"  # type: ignore[attr-defined]
     return load
 
 

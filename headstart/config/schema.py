@@ -84,8 +84,11 @@ def _fields_of(*classes: type) -> dict[str, tuple[Any, Any]]:
 class ModelConfig(_Section):
     """The network: backbone, pretrained weights and classification head."""
 
-    backbone: str = Field("timm:tf_efficientnet_lite0", min_length=1)
-    weights: str | None = None  # e.g. "package:efficientnet-lite0", a local file, "hub"
+    # "auto": EfficientNet-Lite0 for images, MiniLM (all-MiniLM-L6-v2) for text, chosen by the data.
+    backbone: str = Field("auto", min_length=1)
+    # "auto": the backbone's pretrained weights (an installed package, else the hub); "random" to train from
+    # scratch; or "package:efficientnet-lite0", a local file, "hub".
+    weights: str | None = "auto"
     head: Literal["linear", "mlp"] = "linear"
     head_hidden: int = Field(512, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)

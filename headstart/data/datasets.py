@@ -278,3 +278,6 @@ def bbc_news(val_fraction: float = 0.1, seed: int = 0, test_fraction: float = 0.
     # The test split is fixed (test_seed) so that runs with different training seeds score the same articles.
     return DataSplits(*_split_test_then_val(full, test_fraction, val_fraction, seed, test_seed), list(classes),
                       name="bbc-news", modality="text")
+
+
+bbc_news.modality = "text"  # type: ignore[attr-defined]  # loaders are image data sets unless they say so

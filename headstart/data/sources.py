@@ -30,6 +30,13 @@ def is_builtin(source: str) -> bool:
     return source in builtin.list_datasets() and not Path(source).exists()
 
 
+def source_modality(source: str) -> str:
+    """"text" or "image": what a data source holds, known without reading it."""
+    if is_builtin(source):  # a registered loader says `loader.modality = "text"`; image otherwise
+        return getattr(builtin.DATASETS.get(source), "modality", "image")
+    return "text" if is_text_file(source) else "image"
+
+
 def resolve_source(source: str, spec=None, *, builtin_name: bool | None = None, val: str | None = None, test: str | None = None,
                    val_fraction: float = 0.1, test_fraction: float = 0.0, subset: int | None = None,
                    test_subset: int | None = None, seed: int = 0, text_column: str | Sequence[str] = "text",

@@ -102,7 +102,8 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
     evaluate = dict(batch_size=s.eval_batch_size, channels_last=compute.channels_last, device=device)
     show = s.progress and accelerator.is_main_process
     if show:
-        print(f"strategy {strategy.name} (bn={strategy.bn}), {compute}\n" + trainable_summary(core, optimizer))
+        print(f"{weights_line(core.spec)}\nstrategy {strategy.name} (bn={strategy.bn}), {compute}\n"
+              + trainable_summary(core, optimizer))
 
     # Checkpoints and the best bundle are written from snapshots on a background thread: training goes on
     # while they reach the disk, and every write is atomic, so a run killed mid-write resumes from the last one.
@@ -221,9 +222,11 @@ def check_memory(model: TransferModel, data: DataSplits, settings: TrainSettings
     free = available_bytes(device)
     if free is None or not model.backbone_trainable():  # unknown, or no graph to keep
         return
-    per_sample = activation_bytes(model, make_batcher(data.train, model.spec, train=False).inputs(torch.arange(1)))
-    if per_sample is None:
+    n = min(2, len(data.train))  # two samples: BatchNorm in train mode refuses one value per channel
+    measured = activation_bytes(model, make_batcher(data.train, model.spec, train=False).inputs(torch.arange(n)))
+    if measured is None:
         return
+    per_sample = measured / n
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     needed = per_sample * settings.batch_size + 4 * params
     if needed > 0.9 * free:
@@ -248,6 +251,13 @@ def restore(state: dict[str, Any], model, optimizer, scheduler, kept: BestEpoch)
     torch.set_rng_state(state["rng"])
     kept.load_state_dict(state)
     return state["bad_epochs"], state["stopped"]
+
+
+def weights_line(spec) -> str:
+    """The run header's statement of what the backbone starts from."""
+    if spec.weights is None:
+        return f"backbone {spec.source}, weights: RANDOM (trained from scratch; weights='auto' loads pretrained ones)"
+    return f"backbone {spec.source}, weights: {spec.weights}" + (f" ({spec.weights_id})" if spec.weights_id else "")
 
 
 def bundle_meta(data: DataSplits) -> dict[str, Any]:
