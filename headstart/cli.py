@@ -106,9 +106,9 @@ def evaluate(run: Path = typer.Argument(..., help="run folder or bundle"),
                             text_pair=bool(cols.get("text_pair")) and not text_column,
                             multi_label=predictor.model.task == "multilabel",
                             label_delimiter=cols.get("label_delimiter"))
-    if whole:
-        split = "train"
-    typer.echo(format_metrics(predictor.evaluate(splits, split)))
+    # A folder or file is evaluated whole (it all lands in the training part) and named after itself.
+    metrics = predictor.evaluate(splits.train, name=Path(data).stem) if whole else predictor.evaluate(splits, split)
+    typer.echo(format_metrics(metrics))
 
 
 @app.command()

@@ -165,15 +165,17 @@ class Predictor:
             raise DataError("predict() gives labels for classifiers; use predict_proba() for regression outputs")
         return [(self.labels[i], float(p[i])) for i, p in zip(probs.argmax(1), probs)]
 
-    def evaluate(self, data: DataSplits | ImageData | TextData, split: str = "test") -> dict[str, float]:
-        """Metrics on labelled data whose classes must be the model's classes."""
+    def evaluate(self, data: DataSplits | ImageData | TextData, split: str = "test",
+                 name: str | None = None) -> dict[str, float]:
+        """Metrics on labelled data whose classes must be the model's classes, named ``<name or split>/<metric>``
+        (`split` picks the part of a DataSplits; a single part is evaluated whole)."""
         part = getattr(data, split) if isinstance(data, DataSplits) else data
         if part is None:
             raise DataError(f"the data has no {split!r} split; choose one of train, val, test that exists")
         if self.model.task in ("classification", "multilabel"):
             part = align_labels(part, self.labels)
         out = predict_outputs(self.model, make_batcher(part, self.model.spec, train=False), **self._kwargs)
-        return compute_metrics(out, part.targets, default_metrics(self.model.task, out.shape[1]), f"{split}/")
+        return compute_metrics(out, part.targets, default_metrics(self.model.task, out.shape[1]), f"{name or split}/")
 
 
 def align_labels(data: ImageData | TextData, labels: list[str]) -> ImageData | TextData:

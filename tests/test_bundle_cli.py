@@ -111,7 +111,7 @@ def test_cli_fit_predict_evaluate(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert len(rows) == 6 and {r["label"] for r in rows} <= {"red", "green"}
     res = runner.invoke(app, ["evaluate", str(out), "--data", str(tmp_path / "imgs")])
-    assert res.exit_code == 0 and "accuracy" in res.output, res.output
+    assert res.exit_code == 0 and "imgs/accuracy" in res.output, res.output  # named by the data, not "train/"
     # Resume a finished run: nothing left to do, same result, no error.
     res = runner.invoke(app, ["fit", "--resume", str(out)])
     assert res.exit_code == 0, res.output

@@ -32,7 +32,7 @@ def test_defaults_validate():
     assert (cfg.model.backbone, cfg.model.weights) == ("auto", "auto")  # pretrained, chosen by the data
     assert cfg.model.head == "linear"
     assert cfg.train.epochs == 5
-    assert cfg.train.lr == pytest.approx(1e-3)
+    assert cfg.train.lr is None  # the strategy's default for the backbone's modality
     assert cfg.train.early_stopping.patience is None
     assert cfg.strategy.name == "full"
     assert cfg.out == "runs/run"

@@ -141,3 +141,27 @@ def test_a_step_that_cannot_fit_in_memory_is_refused_before_training(tiny_data, 
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
     run = hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", epochs=1, out=tmp_path / "s", **FAST)
     assert run.best_epoch == 1  # a batch that fits trains as before
+
+
+def test_a_run_that_learns_nothing_ends_with_a_warning_naming_the_rate(tiny_data, tmp_path):
+    with pytest.warns(UserWarning, match=r"training loss barely moved in 3 epochs .*lr 1e-09"):
+        hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", epochs=3, lr=1e-9, out=tmp_path / "r", **FAST)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a run that learns says nothing
+        hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", epochs=3, lr=0.01, out=tmp_path / "s", **FAST)
+
+
+def test_unset_learning_rates_follow_the_modality_and_strategy():
+    from headstart.run.settings import with_rates
+
+    text, image, lora = (5e-5, 1e-3), (1e-3, None), (1e-3, None)
+    s, line = with_rates(TrainSettings(), text)
+    assert (s.lr, s.head_lr) == (5e-5, 1e-3) and "defaults" in line
+    s, _ = with_rates(TrainSettings(lr=1e-4), text)  # a named lr is the head's too, as before
+    assert (s.lr, s.head_lr) == (1e-4, None)
+    s, _ = with_rates(TrainSettings(), image)
+    assert (s.lr, s.head_lr) == (1e-3, None)
+    assert get_strategy("lora").default_rates("text") == lora
+    assert get_strategy("full").default_rates("text") == text

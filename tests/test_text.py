@@ -390,7 +390,7 @@ def test_cli_fit_predict_evaluate_text(tiny_bert, sentiment_csv, tmp_path):
     assert [p["text"] for p in preds] == ["a good film", "an awful plot\nreally"]
     assert all(p["label"] in ("neg", "pos") and 0.5 <= float(p["probability"]) <= 1 for p in preds)
     res = runner.invoke(app, ["evaluate", str(out), "--data", str(sentiment_csv)])
-    assert res.exit_code == 0 and "train/accuracy=" in res.output, res.output
+    assert res.exit_code == 0 and "reviews/accuracy=" in res.output, res.output  # named after the file
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ these fields: their types, defaults and bounds (`setting(..., ge=1)`), so a key 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from ..options import check_bounds, option as setting
@@ -30,8 +30,8 @@ class TrainSettings:
     epochs: int = setting(5, ge=1)
     batch_size: int = setting(32, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = setting(1e-3, gt=0.0)
-    head_lr: float | None = setting(None, gt=0.0)  # None = same as lr
+    lr: float | None = setting(None, gt=0.0)  # None = the strategy's default for the modality (Strategy.default_lrs)
+    head_lr: float | None = setting(None, gt=0.0)  # None = that default too (for an image backbone: lr)
     weight_decay: float = setting(0.01, ge=0.0)
     momentum: float = setting(0.9, ge=0.0)
     scheduler: Literal["cosine", "constant"] = "cosine"
@@ -54,3 +54,14 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         check_bounds(self)
+
+
+def with_rates(settings: TrainSettings, defaults: tuple[float, float | None]) -> tuple[TrainSettings, str]:
+    """`settings` with the learning rates it leaves at None taken from `defaults` (lr, head_lr), and a line
+    saying which rates the run uses and where they came from."""
+    lr = settings.lr if settings.lr is not None else defaults[0]
+    head_lr = settings.head_lr if settings.head_lr is not None or settings.lr is not None else defaults[1]
+    named = settings.lr is not None and (settings.head_lr is not None or defaults[1] is None)
+    origin = "as set" if named else "defaults for this backbone and strategy; train.lr / train.head_lr set them"
+    line = f"learning rates: {lr:g} (backbone), {head_lr or lr:g} (head) ({origin})"
+    return replace(settings, lr=lr, head_lr=head_lr), line

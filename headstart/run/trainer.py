@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from .inputs import EpochInputs
 from .loop import BadSteps, evaluate_split, train_epoch
 from .optim import build_optimizer, build_scheduler, regroup
 from .selection import BestEpoch, monitored_metric
-from .settings import TrainSettings
+from .settings import TrainSettings, with_rates
 
 
 @dataclass
@@ -55,18 +56,19 @@ def fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: O
     `out` is an opened `RunFolder` (new, or resumed from its last checkpoint) or a path for a new run. The
     public `hs.fit` (api.py) builds every argument from keyword settings and the run config.
     """
-    s, start_time = settings, time.perf_counter()
+    start_time = time.perf_counter()
+    s, rates = with_rates(settings, strategy.default_rates(model.spec.modality))
     prepare_head(model, data, s.seed)
     strategy.check_schedule(s.epochs)
     folder = out if isinstance(out, RunFolder) else RunFolder.open(out, default_record(strategy, s))
     try:
-        return _fit(model, data, strategy, objective, s, folder, augment, start_time)
+        return _fit(model, data, strategy, objective, s, folder, augment, start_time, rates)
     finally:
         folder.close()
 
 
 def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: Objective, s: TrainSettings,
-         folder: RunFolder, augment: bool, start_time: float) -> RunResult:
+         folder: RunFolder, augment: bool, start_time: float, rates: str) -> RunResult:
     folder.record_run(fingerprints(data), environment(s.seed))
     state = folder.state
     torch.manual_seed(s.seed)
@@ -102,7 +104,7 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
     evaluate = dict(batch_size=s.eval_batch_size, channels_last=compute.channels_last, device=device)
     show = s.progress and accelerator.is_main_process
     if show:
-        print(f"{weights_line(core.spec)}\nstrategy {strategy.name} (bn={strategy.bn}), {compute}\n"
+        print(f"{weights_line(core.spec)}\nstrategy {strategy.name} (bn={strategy.bn}), {compute}\n{rates}\n"
               + trainable_summary(core, optimizer))
 
     # Checkpoints and the best bundle are written from snapshots on a background thread: training goes on
@@ -162,6 +164,9 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
         writer.close()
 
     history = folder.metrics()
+    warning = stalled(history, s)
+    if warning and accelerator.is_main_process:
+        warnings.warn(warning, stacklevel=2)
     test_metrics = None
     if data.test is not None and kept.epoch:  # the best epoch's bundle on the test split
         best = load_model(folder.best, module=core.backbone.net if core.spec.is_custom else None)
@@ -251,6 +256,18 @@ def restore(state: dict[str, Any], model, optimizer, scheduler, kept: BestEpoch)
     torch.set_rng_state(state["rng"])
     kept.load_state_dict(state)
     return state["bad_epochs"], state["stopped"]
+
+
+def stalled(history: list[dict[str, Any]], settings: TrainSettings) -> str | None:
+    """A warning when the training loss ended within 5% of where it started: nothing was learned, usually
+    from a learning rate far too high (every sample predicted as one class) or far too low."""
+    losses = [r["train/loss"] for r in history if math.isfinite(r.get("train/loss", math.nan))]
+    if len(losses) < 2 or losses[-1] < 0.95 * losses[0]:
+        return None
+    return (f"the training loss barely moved in {len(losses)} epochs ({losses[0]:.4f} -> {losses[-1]:.4f}): the "
+            f"model learned little. The learning rate (lr {settings.lr:g}, head {settings.head_lr or settings.lr:g}) "
+            "is likely far too high (predictions collapse to one class) or too low; try train.lr 10x lower and "
+            "10x higher, or leave it unset for the defaults.")
 
 
 def weights_line(spec) -> str:

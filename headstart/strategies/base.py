@@ -93,6 +93,10 @@ class Strategy:
 
     name = "base"
     default_bn = "train"
+    # Learning rates when the run names none, per backbone modality: (backbone, head). A text encoder
+    # fine-tuned whole takes a BERT-range rate (Devlin et al. 2019) and its new head a higher one; at the CNN
+    # rate of 1e-3 a MiniLM fine-tune collapsed to one class (issue 15). None for the head: the backbone's.
+    default_lrs: dict[str, tuple[float, float | None]] = {"image": (1e-3, None), "text": (5e-5, 1e-3)}
     Options: type[StrategyOptions] = StrategyOptions
 
     def __init__(self, **options: Any):
@@ -106,6 +110,10 @@ class Strategy:
     def apply(self, model, epoch: int = 0) -> None:
         """Set what trains at `epoch` (0-based). Must be a pure function of (model structure, epoch)."""
         raise NotImplementedError
+
+    def default_rates(self, modality: str) -> tuple[float, float | None]:
+        """(lr, head_lr) for a run that names none (see `default_lrs`)."""
+        return self.default_lrs.get(modality, self.default_lrs["image"])
 
     def changes_at(self, epoch: int) -> bool:
         """True when the trainable set or the group learning rates at `epoch` differ from `epoch - 1`."""

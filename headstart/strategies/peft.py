@@ -21,6 +21,7 @@ class PeftStrategy(Strategy):
     """
 
     default_bn = "frozen"
+    default_lrs = {"image": (3e-3, None), "text": (1e-3, None)}  # adapters start at zero: they need larger steps
     method = "none"
 
     def adapters(self, model) -> dict:
