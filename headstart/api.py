@@ -64,7 +64,7 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     folder = RunFolder.open(out, record.model_dump(mode="json"), resume,
                             normalise=lambda saved: validate_config(saved).model_dump(mode="json"))
     try:
-        if decision is not None:
+        if decision is not None and folder.writes:
             folder.write_text(DECISION_FILE, json.dumps(decision.to_dict(), indent=2))
     except BaseException:
         folder.close()

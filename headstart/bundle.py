@@ -124,6 +124,12 @@ def restore_adapters(model, adapters: dict) -> set[str]:
     return set(model.adapter_parameter_names()) | set(model.head_parameter_names())
 
 
+def update_meta(path: str | Path, **fields: Any) -> None:
+    """Add or replace fields of a bundle's headstart.json (atomically)."""
+    folder = bundle_dir(path)
+    atomic_write_text(folder / META, json.dumps({**read_meta(folder), **fields}, indent=2))
+
+
 def bundle_dir(path: str | Path) -> Path:
     """Accept a bundle folder or a run folder (whose best model lives in `best/`)."""
     path = Path(path)
@@ -204,6 +210,8 @@ def load_model(path: str | Path, module: nn.Module | None = None, num_classes: i
     spec.weights, spec.weights_id = bb.get("weights"), bb.get("weights_id")
     model = TransferModel(backbone, spec, head["kind"], head["num_outputs"], labels or None, task,
                           head["dropout"], head["hidden"])
+    if meta.get("decision"):
+        model.set_decision(**meta["decision"])
     for name, h in meta.get("extra_heads", {}).items():
         model.add_head(name, h["num_outputs"], task=h["task"], kind=h["kind"], labels=h["labels"] or None,
                        dropout=h["dropout"], hidden=h["hidden"])

@@ -50,6 +50,10 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         strategy: Optional[str] = typer.Option(None, help="linear-probe, full, ... (strategy.name)"),
         epochs: Optional[int] = typer.Option(None, help="train.epochs"),
         budget: Optional[str] = typer.Option(None, help="time budget for --strategy auto, e.g. 10m (strategy.budget)"),
+        metric: Optional[str] = typer.Option(None, help="what picks the best epoch: accuracy, balanced_accuracy, "
+                                                        "macro_f1, f1, auroc (train.metric)"),
+        positive_class: Optional[str] = typer.Option(None, "--positive-class",
+                                                     help="--metric f1: the class it scores (train.positive_class)"),
         out: Optional[str] = typer.Option(None, help="run folder"),
         resume: Optional[Path] = typer.Option(None, help="continue the run in this folder from its last checkpoint"),
         ) -> None:
@@ -65,7 +69,8 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         config = config or saved
     overrides = list(set_)
     for key, value in (("model.backbone", backbone), ("model.weights", weights), ("strategy.name", strategy),
-                       ("train.epochs", epochs), ("strategy.budget", budget), ("out", out or (str(resume) if resume else None))):
+                       ("train.epochs", epochs), ("strategy.budget", budget), ("train.metric", metric),
+                       ("train.positive_class", positive_class), ("out", out or (str(resume) if resume else None))):
         if value is not None:
             overrides.append(f"{key}={value}")
     if data is not None:

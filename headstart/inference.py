@@ -163,7 +163,12 @@ class Predictor:
                     for p in probs]
         if self.model.task != "classification":
             raise DataError("predict() gives labels for classifiers; use predict_proba() for regression outputs")
-        return [(self.labels[i], float(p[i])) for i, p in zip(probs.argmax(1), probs)]
+        if self.model.decision:  # a binary head with a threshold chosen on validation data (train.metric f1)
+            pos, t = self.model.decision["positive"], self.model.decision["threshold"]
+            picks = np.where(probs[:, pos] >= t, pos, 1 - pos)
+        else:
+            picks = probs.argmax(1)
+        return [(self.labels[i], float(p[i])) for i, p in zip(picks, probs)]
 
     def evaluate(self, data: DataSplits | ImageData | TextData, split: str = "test",
                  name: str | None = None) -> dict[str, float]:
@@ -175,7 +180,9 @@ class Predictor:
         if self.model.task in ("classification", "multilabel"):
             part = align_labels(part, self.labels)
         out = predict_outputs(self.model, make_batcher(part, self.model.spec, train=False), **self._kwargs)
-        return compute_metrics(out, part.targets, default_metrics(self.model.task, out.shape[1]), f"{name or split}/")
+        names, decision = default_metrics(self.model.task, out.shape[1]), self.model.decision or {}
+        names += ["f1"] if decision else []  # the F1 of the positive class, at the saved threshold
+        return compute_metrics(out, part.targets, names, f"{name or split}/", **decision)
 
 
 def align_labels(data: ImageData | TextData, labels: list[str]) -> ImageData | TextData:

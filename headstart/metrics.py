@@ -105,6 +105,66 @@ def mae(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     return torch.mean((outputs.reshape(targets.shape).float() - targets.float()).abs()).item()
 
 
+@METRICS.register("balanced_accuracy")
+def balanced_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean recall over the classes present: accuracy that a majority-class guess cannot inflate."""
+    pred = logits.argmax(1)
+    present = targets.unique()
+    return torch.stack([(pred[targets == c] == c).float().mean() for c in present]).mean().item()
+
+
+def _auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Area under the ROC curve of `scores` for the boolean labels `positive` (Mann-Whitney U, ties halved)."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = scores.double().argsort()
+    ranks = torch.empty_like(order, dtype=torch.float64)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    for value in scores[order].unique_consecutive():  # average ranks over ties
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()
+    return ((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
+
+
+@METRICS.register("auroc")
+def auroc(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Binary: AUROC of the second class's probability; more classes: the mean one-vs-rest AUROC."""
+    probs = logits.float().softmax(1)
+    if probs.shape[1] == 2:
+        return _auroc(probs[:, 1], targets == 1)
+    values = [_auroc(probs[:, c], targets == c) for c in range(probs.shape[1]) if (targets == c).any()]
+    return float(torch.tensor(values).nanmean())
+
+
+def class_f1(positive: int, threshold: float | None = None) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    """F1 of one class: predicted where its probability reaches `threshold` (binary), else by argmax."""
+    def f1(logits: torch.Tensor, targets: torch.Tensor) -> float:
+        if threshold is not None:
+            pred = logits.float().softmax(1)[:, positive] >= threshold
+        else:
+            pred = logits.argmax(1) == positive
+        truth = targets == positive
+        tp = (pred & truth).sum().item()
+        return 2 * tp / max(int(pred.sum()) + int(truth.sum()), 1)
+    return f1
+
+
+METRICS.register("f1", help="F1 of the positive class (train.positive_class; a binary task's second class by "
+                  "default)")(class_f1(1))
+SELECTABLE = ("accuracy", "balanced_accuracy", "macro_f1", "f1", "auroc")  # train.metric: what picks the best epoch
+
+
+def best_threshold(logits: torch.Tensor, targets: torch.Tensor, positive: int) -> float:
+    """The probability threshold for class `positive` of a binary task that maximises its F1 on these
+    outputs (ties: the one nearest 0.5, the argmax rule)."""
+    probs = logits.float().softmax(1)[:, positive]
+    candidates = torch.cat([probs.unique(), torch.tensor([0.5])])
+    scores = torch.tensor([class_f1(positive, float(t))(logits, targets) for t in candidates])
+    best = candidates[scores == scores.max()]
+    return float(best[(best - 0.5).abs().argmin()])
+
+
 def default_metrics(task: str, num_outputs: int) -> list[str]:
     if task == "regression":
         return ["mse", "mae"]
@@ -113,6 +173,9 @@ def default_metrics(task: str, num_outputs: int) -> list[str]:
     return ["accuracy", "macro_f1"] + (["top5"] if num_outputs > 5 else [])
 
 
-def compute_metrics(outputs: torch.Tensor, targets: torch.Tensor, names: list[str], prefix: str = "") -> dict:
+def compute_metrics(outputs: torch.Tensor, targets: torch.Tensor, names: list[str], prefix: str = "",
+                    positive: int | None = None, threshold: float | None = None) -> dict:
+    """Metrics by name; ``f1`` is the F1 of class index `positive` (at `threshold`, for a binary task)."""
     outputs = outputs.float()
-    return {f"{prefix}{n}": METRICS.get(n)(outputs, targets) for n in names}
+    return {f"{prefix}{n}": (class_f1(positive, threshold) if n == "f1" else METRICS.get(n))(outputs, targets)
+            for n in names}

@@ -49,6 +49,8 @@ class TransferModel(nn.Module):
         # PEFT adapters on the backbone, as {"method": "lora", "r": ..., "targets": [...]}; saved in bundles so
         # they can be rebuilt.
         self._adapters: dict[str, Any] | None = None
+        # A binary classifier's decision rule when it is not argmax: {"positive": index, "threshold": t}.
+        self.decision: dict[str, Any] | None = None
         if num_outputs is None and self.labels:
             num_outputs = len(self.labels)
         if num_outputs is not None:
@@ -170,9 +172,18 @@ class TransferModel(nn.Module):
             self._adapters = None
         return self
 
+    def set_decision(self, positive: int, threshold: float) -> None:
+        """Predict class `positive` of a binary head when its probability reaches `threshold` (chosen on
+        validation data for the positive class's F1), instead of by argmax; saved in the bundle."""
+        if self.num_outputs != 2 or positive not in (0, 1) or not 0.0 <= threshold <= 1.0:
+            raise HeadstartError(f"a decision threshold needs a binary head, a positive class 0 or 1 and a "
+                                 f"threshold in [0, 1]; received {self.num_outputs} outputs, {positive}, {threshold}")
+        self.decision = {"positive": int(positive), "threshold": float(threshold)}
+
     def describe(self) -> dict[str, Any]:
         """What a bundle needs to rebuild this model without its weights."""
         extra = {"extra_heads": {k: dict(v) for k, v in self.extra_heads.items()}} if self.extra_heads else {}
+        extra |= {"decision": dict(self.decision)} if self.decision else {}
         return {"backbone": self.spec.to_dict(), "head": dict(self.head_args), "task": self.task,
                 "labels": list(self.labels), **extra}
 

@@ -42,6 +42,9 @@ class TaskTerm:
     def __call__(self, step: Step) -> torch.Tensor:
         return self.loss_fn.loss(step.outputs[self.head], step.batch.target(self.head))
 
+    def __str__(self) -> str:
+        return f"{self.name} {self.loss_fn}"
+
 
 class Objective:
     """A weighted sum of named terms; the first term is the main head's task loss.
@@ -72,6 +75,10 @@ class Objective:
         if not terms:
             return self
         return Objective(self.terms + list(terms), self.weights + ([1.0] * len(terms) if weights is None else weights))
+
+    def __str__(self) -> str:
+        labels = [str(t) if isinstance(t, TaskTerm) else t.name for t in self.terms]
+        return " + ".join(label if w == 1.0 else f"{w:g} x {label}" for label, w in zip(labels, self.weights))
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The main task's loss of collected outputs (evaluation: no features, no regularisers)."""

@@ -25,6 +25,11 @@ class CrossEntropy:
         self.label_smoothing = label_smoothing
         self.class_weights = class_weights
 
+    def __str__(self) -> str:
+        extras = [f"label smoothing {self.label_smoothing:g}"] if self.label_smoothing else []
+        extras += ["class-balanced weights (imbalanced classes)"] if self.class_weights is not None else []
+        return "cross-entropy" + (f" ({', '.join(extras)})" if extras else "")
+
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # The loss in fp32 even under bf16 autocast: log-softmax over bf16 loses the small differences.
         weight = None if self.class_weights is None else self.class_weights.to(logits.device)
@@ -38,6 +43,9 @@ class MeanSquaredError:
 
     def __init__(self, **_):
         pass
+
+    def __str__(self) -> str:
+        return "mean squared error"
 
     def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(outputs.float().reshape(y.shape), y.float())
@@ -54,6 +62,9 @@ class BinaryCrossEntropy:
 
     def __init__(self, pos_weight: torch.Tensor | None = None):
         self.pos_weight = pos_weight
+
+    def __str__(self) -> str:
+        return "binary cross-entropy" + (" (balanced positive weights)" if self.pos_weight is not None else "")
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # fp32 like cross-entropy: the log-sigmoid of bf16 logits is too coarse near 0 and 1.
@@ -88,10 +99,23 @@ class LossSettings:
 
     loss: Literal["cross_entropy", "bce", "mse"] = "cross_entropy"  # bce: multi-label (the default there)
     label_smoothing: float = option(0.0, ge=0.0, lt=1.0)
-    class_weights: Literal["none", "balanced"] = "none"
+    # auto: balanced where the rarest class has under a quarter of the commonest one's samples (IMBALANCED)
+    class_weights: Literal["auto", "none", "balanced"] = "auto"
 
     def __post_init__(self) -> None:
         check_bounds(self)
+
+
+IMBALANCED = 4.0  # commonest / rarest class count from which class_weights=auto weighs the classes
+
+
+def is_imbalanced(targets: torch.Tensor, num_outputs: int) -> bool:
+    """True when single-label class targets have a rarest class IMBALANCED times (or more) rarer than the
+    commonest: an unweighted loss then learns to favour the common classes."""
+    if targets.ndim != 1 or targets.is_floating_point():
+        return False
+    counts = torch.bincount(targets, minlength=num_outputs).float()
+    return bool(counts.min() > 0 and counts.max() / counts.min() >= IMBALANCED)
 
 
 def task_loss(task: str, targets: torch.Tensor, num_outputs: int, settings: LossSettings = LossSettings()):
@@ -105,5 +129,7 @@ def task_loss(task: str, targets: torch.Tensor, num_outputs: int, settings: Loss
         return OBJECTIVES.get("bce")(pos_weight=pos)
     if settings.loss != "cross_entropy":
         raise ConfigError(f"loss {settings.loss!r} is for regression; a classification model uses 'cross_entropy'")
-    weights = balanced_class_weights(targets, num_outputs) if settings.class_weights == "balanced" else None
+    balanced = settings.class_weights == "balanced" or (settings.class_weights == "auto"
+                                                        and is_imbalanced(targets, num_outputs))
+    weights = balanced_class_weights(targets, num_outputs) if balanced else None
     return OBJECTIVES.get("cross_entropy")(label_smoothing=settings.label_smoothing, class_weights=weights)

@@ -48,16 +48,24 @@ class RunFolder:
             raise ConfigError(f"run folder {str(path)!r} already holds a run ({', '.join(held)}); resume it with "
                               "resume=True (CLI: --resume) or choose another out folder. Nothing was changed.")
         lock = acquire_lock(path)
+        writes = lock is not None  # only the holder (rank 0 under torchrun) writes: ranks share the folder
         try:
-            remove_leftovers(path)
+            if writes:
+                remove_leftovers(path)
             if not resume:
-                atomic_write_text(config_path, to_yaml(record))
+                if writes:
+                    atomic_write_text(config_path, to_yaml(record))
                 return cls(path, None, lock)
-            return cls(path, resume_state(path, record, normalise), lock)
+            return cls(path, resume_state(path, record, normalise, writes), lock)
         except BaseException:
             if lock is not None:
                 lock.close()
             raise
+
+    @property
+    def writes(self) -> bool:
+        """True in the process that holds the folder (rank 0 under torchrun): only it writes there."""
+        return self._lock is not None
 
     @property
     def best(self) -> Path:
@@ -101,7 +109,8 @@ class RunFolder:
 
     def record_run(self, data: dict[str, str], environment: dict[str, Any]) -> None:
         """Write run.json (the data's fingerprints, the library versions) for a new run; on resume, refuse
-        other data than the run started with, and add this session's versions."""
+        other data than the run started with, and add this session's versions. Every rank checks; the
+        folder's holder writes."""
         path = self.path / RUN_FILE
         saved = json.loads(path.read_text()) if path.exists() and self.state is not None else None
         if saved is not None and saved.get("data") != data:
@@ -109,8 +118,9 @@ class RunFolder:
             raise ConfigError(f"cannot resume {str(self.path)!r} on other data: the {', '.join(changed)} split(s) "
                               "differ from the ones the run started with (run.json). Resume with the same data, "
                               "or start a new run folder.")
-        sessions = (saved or {}).get("sessions", []) + [environment]
-        self.write_text(RUN_FILE, json.dumps({"data": data, "sessions": sessions}, indent=2))
+        if self.writes:
+            sessions = (saved or {}).get("sessions", []) + [environment]
+            self.write_text(RUN_FILE, json.dumps({"data": data, "sessions": sessions}, indent=2))
 
 
 def acquire_lock(path: Path):
@@ -137,9 +147,10 @@ def acquire_lock(path: Path):
     return handle
 
 
-def resume_state(path: Path, record: dict[str, Any], normalise: Callable[[dict], dict]) -> dict[str, Any] | None:
-    """Check a resumed folder's saved config against `record`, tidy what a killed run left, and return its
-    last checkpoint (None if it has none)."""
+def resume_state(path: Path, record: dict[str, Any], normalise: Callable[[dict], dict],
+                 writes: bool = True) -> dict[str, Any] | None:
+    """Check a resumed folder's saved config against `record` and return its last checkpoint (None if it has
+    none); the writing process also drops metric rows past that checkpoint."""
     config_path = path / CONFIG_FILE
     if config_path.exists():
         saved = normalise(yaml.safe_load(config_path.read_text()) or {})
@@ -149,13 +160,13 @@ def resume_state(path: Path, record: dict[str, Any], normalise: Callable[[dict],
         if diff:
             raise ConfigError(f"cannot resume {str(path)!r} with different settings {diff} (saved, now); resume "
                               "with the saved config.yaml or start a new run folder.")
-    else:
+    elif writes:
         atomic_write_text(config_path, to_yaml(record))
     state = load_checkpoint(path)
-    keep = state["epoch"] if state else 0
-    # Drop metric rows of an epoch whose checkpoint was never written (the run died in between).
-    rows = [r for r in read_metrics(path) if r["epoch"] <= keep]
-    atomic_write_text(path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+    if writes:  # drop metric rows of an epoch whose checkpoint was never written (the run died in between)
+        keep = state["epoch"] if state else 0
+        rows = [r for r in read_metrics(path) if r["epoch"] <= keep]
+        atomic_write_text(path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
     return state
 
 

@@ -91,11 +91,14 @@ def objective_terms(out: dict) -> list[str]:
 
 
 def evaluate_split(model: nn.Module, batcher: Batcher, metric_names: list[str], prefix: str,
-                   objective: Callable | None = None, **kwargs) -> dict[str, float]:
-    """Metrics (and the loss, when an objective is given) of the model on one split."""
+                   objective: Callable | None = None, positive: int | None = None, threshold: float | None = None,
+                   **kwargs) -> dict[str, float]:
+    """Metrics (and the loss, when an objective is given) of the model on one split; `positive` is the class
+    the f1 metric scores (at `threshold`, when the model has a decision threshold)."""
     outputs = predict_outputs(model, batcher, **kwargs)
     targets = batcher.data.targets
-    metrics = compute_metrics(outputs, targets, metric_names, prefix=f"{prefix}/")
+    metrics = compute_metrics(outputs, targets, metric_names, prefix=f"{prefix}/", positive=positive,
+                              threshold=threshold)
     if objective is not None:
         metrics[f"{prefix}/loss"] = objective.loss(outputs, targets).item()
     return metrics

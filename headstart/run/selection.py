@@ -78,12 +78,35 @@ class BestEpoch:
         self.top = None if top is None else self.sign * top
 
 
-def monitored_metric(task: str, early_stopping) -> tuple[str, str]:
-    """(metric, mode) that picks the best epoch: the early-stopping metric, or where its default does not
-    fit the task, the task's own (val MSE for regression, val mAP for multi-label)."""
-    es = early_stopping
-    if task == "regression" and es.metric == "val/accuracy":  # the default makes no sense there
+def monitored_metric(task: str, early_stopping, metric: str = "accuracy") -> tuple[str, str]:
+    """(metric, mode) that picks the best epoch: early_stopping.metric when set, else the run's metric (val/mse
+    for regression, val/mAP for multi-label unless another metric is asked for)."""
+    if early_stopping.metric is not None:
+        return early_stopping.metric, early_stopping.mode
+    if task == "regression":
         return "val/mse", "min"
-    if task == "multilabel" and es.metric == "val/accuracy":  # threshold-free ranking quality
+    if task == "multilabel" and metric == "accuracy":  # threshold-free ranking quality
         return "val/mAP", "max"
-    return es.metric, es.mode
+    return f"val/{metric}", "max"
+
+
+def metric_setup(task: str, classes: list[str], targets, metric: str, positive_class: str | None) -> dict:
+    """The positive class index the run's metric needs ({"positive": i} for f1, else {}), checked against the
+    task and the classes, with a clear error for what cannot work."""
+    if task == "regression" and metric != "accuracy":
+        raise ConfigError(f"train.metric {metric!r} is for classification; a regression run is judged by val/mse")
+    if task == "multilabel" and metric not in ("accuracy", "macro_f1"):
+        raise ConfigError(f"train.metric {metric!r} does not apply to multi-label data; use macro_f1 (or leave "
+                          "the default, mAP)")
+    if positive_class is not None and positive_class not in classes:
+        raise ConfigError(f"train.positive_class {positive_class!r} is not a class of the data; its classes are "
+                          f"{classes[:20]}")
+    if metric != "f1":
+        return {}
+    if positive_class is not None:
+        return {"positive": classes.index(positive_class)}
+    if len(classes) != 2:
+        raise ConfigError(f"train.metric f1 scores one class, and this task has {len(classes)}: name it with "
+                          f"train.positive_class (one of {classes[:20]}), or use macro_f1 or balanced_accuracy.")
+    counts = [int((targets == i).sum()) for i in range(2)]
+    return {"positive": int(counts[1] <= counts[0])}  # the rarer class, the usual "positive" of a binary task

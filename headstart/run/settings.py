@@ -15,7 +15,7 @@ from ..options import check_bounds, option as setting
 class EarlyStopping:
     """Stop training when a validation metric stops improving."""
 
-    metric: str = "val/accuracy"
+    metric: str | None = None  # None = val/<train.metric> (val/mse for regression, val/mAP for multi-label)
     mode: Literal["max", "min"] = "max"
     patience: int | None = setting(None, ge=1)  # None = early stopping off
 
@@ -43,6 +43,9 @@ class TrainSettings:
     channels_last: Literal["auto", "on", "off"] = "auto"
     fast_dropout: bool = True  # CPU dropout masks drawn 4 per RNG call (run/dropout.py); false = torch's own
     compile: bool = False  # torch.compile the training step's model (first epoch pays the compilation)
+    # What the user cares about: it picks the best epoch (and early stopping), beside the usual metrics.
+    metric: Literal["accuracy", "balanced_accuracy", "macro_f1", "f1", "auroc"] = "accuracy"
+    positive_class: str | None = None  # metric f1: the class whose F1 counts (binary default: the rarer one)
     early_stopping: EarlyStopping = setting(default_factory=EarlyStopping)
     seed: int = 0
     eval_batch_size: int = setting(128, ge=1)

@@ -15,14 +15,14 @@ from typing import Any
 
 import torch
 
-from ..bundle import bundle_writer, load_model, read_meta, WEIGHTS
+from ..bundle import WEIGHTS, bundle_writer, load_model, read_meta, update_meta
 from ..data import DataSplits, make_batcher, num_batches
 from ..errors import ConfigError, DataError
-from ..metrics import default_metrics
+from ..metrics import best_threshold, default_metrics
 from ..model import TransferModel
 from ..objectives import Objective
-from ..runtime import (activation_bytes, available_bytes, depthwise_in_fp32, pin_depthwise, resolve_channels_last,
-                       resolve_precision)
+from ..runtime import (activation_bytes, available_bytes, depthwise_in_fp32, pin_depthwise, predict_outputs,
+                       resolve_channels_last, resolve_precision)
 from ..strategies import Strategy, trainable_summary
 from .checkpoint import BackgroundWriter, nbytes, snapshot
 from .dropout import install as install_fast_dropout
@@ -30,7 +30,7 @@ from .folder import TEST_FILE, RunFolder, read_metrics
 from .inputs import EpochInputs
 from .loop import BadSteps, evaluate_split, train_epoch
 from .optim import build_optimizer, build_scheduler, regroup
-from .selection import BestEpoch, monitored_metric
+from .selection import BestEpoch, metric_setup, monitored_metric
 from .settings import TrainSettings, with_rates
 
 
@@ -88,7 +88,7 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
     steps = math.ceil(num_batches(len(data.train), s.batch_size, accelerator.num_processes) / s.grad_accum)
     scheduler = build_scheduler(optimizer, steps * s.epochs, round(s.warmup_epochs * steps), s.scheduler)
     objective = objective.with_terms(strategy.regularizers(model))  # before any resume: L2-SP's w0 is pretrained
-    kept = BestEpoch(*monitored_metric(model.task, s.early_stopping), len(data.val))
+    kept = BestEpoch(*monitored_metric(model.task, s.early_stopping, s.metric), len(data.val))
     bad_epochs, stopped, bad_steps = 0, False, BadSteps(s.max_bad_steps)
     if state:
         bad_epochs, stopped = restore(state, model, optimizer, scheduler, kept)
@@ -101,11 +101,13 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
                          batch_size=s.eval_batch_size, device=device, processes=accelerator.num_processes,
                          wrap=accelerator.prepare_model)
     metric_names = default_metrics(core.task, core.num_outputs)
-    evaluate = dict(batch_size=s.eval_batch_size, channels_last=compute.channels_last, device=device)
+    metric_names += [s.metric] if s.metric not in metric_names and core.task == "classification" else []
+    evaluate = dict(batch_size=s.eval_batch_size, channels_last=compute.channels_last, device=device,
+                    **metric_setup(core.task, list(data.classes), data.train.targets, s.metric, s.positive_class))
     show = s.progress and accelerator.is_main_process
     if show:
         print(f"{weights_line(core.spec)}\nstrategy {strategy.name} (bn={strategy.bn}), {compute}\n{rates}\n"
-              + trainable_summary(core, optimizer))
+              f"objective: {objective}; best epoch by {kept.monitor}\n" + trainable_summary(core, optimizer))
 
     # Checkpoints and the best bundle are written from snapshots on a background thread: training goes on
     # while they reach the disk, and every write is atomic, so a run killed mid-write resumes from the last one.
@@ -162,19 +164,13 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
             accelerator.wait_for_everyone()
     finally:
         writer.close()
+    accelerator.wait_for_everyone()  # every rank reads the best bundle rank 0 has just finished writing
 
     history = folder.metrics()
     warning = stalled(history, s)
     if warning and accelerator.is_main_process:
         warnings.warn(warning, stacklevel=2)
-    test_metrics = None
-    if data.test is not None and kept.epoch:  # the best epoch's bundle on the test split
-        best = load_model(folder.best, module=core.backbone.net if core.spec.is_custom else None)
-        test_model, test_batches, head_only = inputs.test_inputs(best, data.test)
-        test_metrics = evaluate_split(test_model, test_batches, metric_names, "test",
-                                      bf16=compute.bf16_eval and not head_only, **evaluate)
-        if accelerator.is_main_process:
-            folder.write_text(TEST_FILE, json.dumps(test_metrics, indent=2))
+    test_metrics = test_best(core, data, s, folder, inputs, metric_names, compute, evaluate) if kept.epoch else None
     extra = bundle_report(folder.best)
     if show and extra:
         print(extra["bundle"])
@@ -256,6 +252,35 @@ def restore(state: dict[str, Any], model, optimizer, scheduler, kept: BestEpoch)
     torch.set_rng_state(state["rng"])
     kept.load_state_dict(state)
     return state["bad_epochs"], state["stopped"]
+
+
+def test_best(core: TransferModel, data: DataSplits, s: TrainSettings, folder: RunFolder, inputs: EpochInputs,
+              metric_names: list[str], compute: Compute, evaluate: dict) -> dict[str, float] | None:
+    """The best epoch's bundle, reloaded: its decision threshold (train.metric f1, binary) chosen on val, then
+    its metrics on the test split (None without one), written to test_metrics.json."""
+    best = load_model(folder.best, module=core.backbone.net if core.spec.is_custom else None)
+    if s.metric == "f1" and best.num_outputs == 2:
+        evaluate = {**evaluate, "threshold": choose_threshold(best, data.val, folder, evaluate)}
+    if data.test is None:
+        return None
+    test_model, test_batches, head_only = inputs.test_inputs(best, data.test)
+    metrics = evaluate_split(test_model, test_batches, metric_names, "test",
+                             bf16=compute.bf16_eval and not head_only, **evaluate)
+    if folder.writes:
+        folder.write_text(TEST_FILE, json.dumps(metrics, indent=2))
+    return metrics
+
+
+def choose_threshold(best: TransferModel, val, folder: RunFolder, evaluate: dict) -> float:
+    """The positive class's probability threshold that maximises its F1 on the val split (argmax, 0.5, is
+    rarely best on imbalanced data), set on the best model and saved in its bundle."""
+    placement = {k: evaluate[k] for k in ("batch_size", "channels_last", "device")}
+    outputs = predict_outputs(best, make_batcher(val, best.spec, train=False), **placement)
+    threshold = best_threshold(outputs, val.targets, evaluate["positive"])
+    best.set_decision(evaluate["positive"], threshold)
+    if folder.writes:
+        update_meta(folder.best, decision=best.decision)
+    return threshold
 
 
 def stalled(history: list[dict[str, Any]], settings: TrainSettings) -> str | None:
