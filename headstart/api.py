@@ -113,7 +113,7 @@ def data_from_config(cfg: RunConfig, model: TransferModel) -> DataSplits:
                           val=d.val_path, test=d.test_path, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
                           subset=d.subset, test_subset=d.test_subset, seed=cfg.train.seed, text_column=d.text_column,
                           label_column=d.label_column, text_pair=d.text_pair, multi_label=d.multi_label,
-                          label_delimiter=d.label_delimiter)
+                          label_delimiter=d.label_delimiter, max_bad_fraction=d.max_bad_fraction)
 
 
 def fit_from_config(cfg: RunConfig, resume: bool = False, *, model: TransferModel | None = None,

@@ -97,6 +97,8 @@ def evaluate(run: Path = typer.Argument(..., help="run folder or bundle"),
              text_column: List[str] = typer.Option([], "--text-column", help="text file: text column(s); "
                                                                              "default: the ones trained on"),
              label_column: Optional[str] = typer.Option(None, "--label-column", help="text file: label column"),
+             max_bad_fraction: float = typer.Option(0.1, "--max-bad-fraction", min=0.0, max=0.99,
+                                                    help="image folder: share of unreadable files skipped"),
              ) -> None:
     """Metrics of a trained model on labelled data."""
     from .data.sources import is_builtin, resolve_source
@@ -110,7 +112,7 @@ def evaluate(run: Path = typer.Argument(..., help="run folder or bundle"),
                             label_column=label_column or cols.get("label_column") or "label",
                             text_pair=bool(cols.get("text_pair")) and not text_column,
                             multi_label=predictor.model.task == "multilabel",
-                            label_delimiter=cols.get("label_delimiter"))
+                            label_delimiter=cols.get("label_delimiter"), max_bad_fraction=max_bad_fraction)
     # A folder or file is evaluated whole (it all lands in the training part) and named after itself.
     metrics = predictor.evaluate(splits.train, name=Path(data).stem) if whole else predictor.evaluate(splits, split)
     typer.echo(format_metrics(metrics))

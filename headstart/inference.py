@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from .bundle import load_model, read_meta
+from .data.images import to_8_bit
 from .data import (IMAGE_EXTENSIONS, DataSplits, ImageData, TextData, images_to_uint8, load_image_files,
                    make_batcher)
 from .errors import DataError
@@ -64,7 +65,8 @@ class Predictor:
                                            "results line up with the inputs; predict_files(paths, "
                                            "max_bad_fraction=0.1) skips unreadable files.") from None
         if isinstance(inputs, Sequence) and inputs and hasattr(inputs[0], "convert"):  # PIL images
-            return images_to_uint8(np.stack([np.asarray(im.convert("RGB")) for im in inputs]), "inputs")
+            # Decoded as files are: a 16-bit image is scaled to 8 bits, not clipped to white.
+            return images_to_uint8(np.stack([np.asarray(to_8_bit(im)[0].convert("RGB")) for im in inputs]), "inputs")
         raise DataError(f"cannot predict on {type(inputs).__name__}; give image paths, a folder, a numpy/torch "
                         "array (N, H, W[, C]) or a list of PIL images")
 

@@ -162,3 +162,22 @@ def test_cli_resume_with_other_data_is_refused(tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["fit", "--resume", str(tmp_path / "run"), "--data", str(tmp_path / "other")])
     assert res.exit_code == 2 and "different settings" in res.output and "data.path" in res.output, res.output
+
+
+def test_evaluate_and_fit_skip_a_bounded_share_of_unreadable_images(tmp_path):
+    write_folder(tmp_path / "imgs")
+    (tmp_path / "imgs" / "red" / "broken.png").write_bytes(b"not an image")  # 1 of 13 files
+    runner = CliRunner()
+    res = runner.invoke(app, ["fit", "--backbone", "toy:cnn", "--data", str(tmp_path / "imgs"), "--epochs", "1",
+                              "--out", str(tmp_path / "run"), "--set", "train.progress=false",
+                              "--set", "data.val_fraction=0.34", "--set", "data.max_bad_fraction=0"])
+    assert res.exit_code == 2 and "max_bad_fraction" in res.output, res.output
+    res = runner.invoke(app, ["fit", "--backbone", "toy:cnn", "--data", str(tmp_path / "imgs"), "--epochs", "1",
+                              "--out", str(tmp_path / "run"), "--set", "train.progress=false",
+                              "--set", "data.val_fraction=0.34"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "imgs"),
+                              "--max-bad-fraction", "0"])
+    assert res.exit_code == 2 and "--max-bad-fraction" in res.output, res.output
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "imgs")])
+    assert res.exit_code == 0 and "imgs/accuracy" in res.output, res.output

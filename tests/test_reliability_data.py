@@ -271,3 +271,18 @@ def test_image_size_has_an_upper_bound():
     with pytest.raises(ConfigError, match=r"model.image_size: received 100000; .*2048"):
         load_config(overrides=["model.image_size=100000"])
     assert load_config(overrides=["model.image_size=2048"]).model.image_size == 2048
+
+
+def test_predict_on_in_memory_16_bit_images_scales_like_files(tmp_path):
+    """A 16-bit PIL image handed to predict() is scaled as a 16-bit file is, not clipped to white."""
+    import headstart as hs
+    from PIL import Image
+
+    x, y = __import__("conftest").separable_images(6, classes=2)
+    data = hs.data.from_arrays(x, y, classes=["a", "b"], val_fraction=0.34, seed=0)
+    run = hs.fit(hs.create_model("toy:cnn", 2), data, "linear-probe", epochs=1, out=tmp_path / "r", progress=False)
+    clf = hs.load(run.run_dir)
+    gradient = np.tile(np.linspace(0, 65535, 32).astype(np.uint16), (32, 1))
+    img16 = Image.fromarray(gradient)  # uint16: mode I;16
+    img8 = Image.fromarray(np.rint(gradient / 257).astype(np.uint8))
+    np.testing.assert_allclose(clf.predict_proba([img16]), clf.predict_proba([img8]), rtol=1e-5, atol=1e-6)

@@ -117,6 +117,7 @@ class DataConfig(_Section):
     multi_label: bool = False  # labels are lists (JSONL/Parquet lists, JSON list strings, or label_delimiter)
     label_delimiter: str | None = Field(None, min_length=1)  # e.g. ";" for "sport;politics"; implies multi_label
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # text files without test_path: stratified test hold-out
+    max_bad_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # image folders: unreadable files skipped up to this
 
     @field_validator("text_column")
     @classmethod

@@ -1,6 +1,7 @@
 """Image data in memory: uint8 tensors plus targets, splits, and loaders from folders and arrays."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -244,6 +245,15 @@ def _integer_to_8_bit(img):
     return Image.fromarray(np.rint(arr / scale).astype(np.uint8))
 
 
+def to_8_bit(img):
+    """(a PIL image as 8-bit "L" or "RGB", whether it is gray): 16- and 32-bit integer images are scaled by
+    their bit depth, not clipped."""
+    if img.mode.startswith("I"):
+        img = _integer_to_8_bit(img)
+    gray = img.mode in _GRAY_MODES
+    return img.convert("L" if gray else "RGB"), gray
+
+
 def _decode_file(path: str, stored_size: int | None) -> tuple[np.ndarray, bool]:
     """Decode one file into an (H, W) gray or (H, W, 3) RGB uint8 array, resized and centre-cropped."""
     from PIL import Image, ImageOps
@@ -254,10 +264,7 @@ def _decode_file(path: str, stored_size: int | None) -> tuple[np.ndarray, bool]:
             # for photos far larger than stored_size.
             img.draft(None, (stored_size, stored_size))
         img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
-        if img.mode.startswith("I"):
-            img = _integer_to_8_bit(img)
-        gray = img.mode in _GRAY_MODES
-        img = img.convert("L" if gray else "RGB")
+        img, gray = to_8_bit(img)
     if stored_size:
         w, h = img.size
         scale = stored_size / min(w, h)
@@ -298,8 +305,9 @@ def load_image_files(paths: list[str], stored_size: int | None,
         shown = "; ".join(f"{p} ({reason})" for p, reason in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise DataError(f"{len(bad)} of {len(paths)} image files could not be read (more than the allowed "
-                        f"{max_bad_fraction:.0%}): {shown}{more}. Remove or re-export the broken files, or raise "
-                        f"max_bad_fraction.")
+                        f"{max_bad_fraction:.0%}): {shown}{more}. Remove or re-export the broken files, or allow more "
+                        f"(max_bad_fraction=; config data.max_bad_fraction; CLI --max-bad-fraction for predict "
+                        f"and evaluate).")
     for p, reason in bad[:_WARN_LIMIT]:
         warnings.warn(f"skipping unreadable image file {p}: {reason}", stacklevel=2)
     if len(bad) > _WARN_LIMIT:
@@ -377,7 +385,7 @@ def _scan_folder(root: Path, what: str, extensions: tuple[str, ...]) -> tuple[li
 
 
 def _load_folder_part(root: Path, what: str, classes: list[str] | None, stored_size: int,
-                      extensions: tuple[str, ...]) -> ImageData:
+                      extensions: tuple[str, ...], max_bad_fraction: float = 0.1) -> ImageData:
     """Load one class-per-subfolder tree; its classes must equal `classes` when given."""
     found_classes, files, labels = _scan_folder(root, what, extensions)
     if classes is not None and found_classes != classes:
@@ -386,33 +394,36 @@ def _load_folder_part(root: Path, what: str, classes: list[str] | None, stored_s
         raise DataError(f"{what} folder {str(root)!r} has different classes from the training folder: missing "
                         f"{missing or 'none'}, not in training {extra or 'none'}. Give it exactly the same class "
                         f"subfolders as the training folder.")
-    images, kept = load_image_files(files, stored_size)
+    images, kept = load_image_files(files, stored_size, max_bad_fraction)
     targets = torch.tensor([labels[i] for i in kept], dtype=torch.long)
     return ImageData(images, targets, list(found_classes), [files[i] for i in kept])
 
 
 def image_folder(root: str | os.PathLike, val: str | os.PathLike | None = None,
                  test: str | os.PathLike | None = None, val_fraction: float = 0.1, seed: int = 0,
-                 stored_size: int = 256, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> DataSplits:
+                 stored_size: int = 256, extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+                 max_bad_fraction: float = 0.1) -> DataSplits:
     """Load images from `root/<class>/...` (classes sorted by name); optional val and test folders alike.
 
     Without `val`, a seeded stratified `val_fraction` of each training class becomes the val part.
     Images are stored as uint8 squares of `stored_size` pixels (shorter side resized, centre-cropped).
+    Unreadable files are skipped with a warning up to `max_bad_fraction` of a folder.
     """
     root_path = Path(root)
-    train = _load_folder_part(root_path, "training", None, stored_size, tuple(extensions))
+    part = functools.partial(_load_folder_part, stored_size=stored_size, extensions=tuple(extensions),
+                             max_bad_fraction=max_bad_fraction)
+    train = part(root_path, "training", None)
     require_two_classes(train, f"training folder {str(root_path)!r}",
                         f"Add a second class folder next to it ({root_path}/<other class>/<images>).")
     classes = list(train.classes)
     if val is not None:
-        val_data: ImageData | None = _load_folder_part(Path(val), "val", classes, stored_size, tuple(extensions))
+        val_data: ImageData | None = part(Path(val), "val", classes)
     elif val_fraction != 0:  # stratified_split rejects values outside [0, 1)
         keep, held = stratified_split(train.targets, val_fraction, seed)
         train, val_data = train.subset(keep), train.subset(held)
     else:
         val_data = None
-    test_data = _load_folder_part(Path(test), "test", classes, stored_size, tuple(extensions)) \
-        if test is not None else None
+    test_data = part(Path(test), "test", classes) if test is not None else None
     return DataSplits(train, val_data, test_data, classes, name=root_path.resolve().name)
 
 

@@ -41,7 +41,8 @@ def resolve_source(source: str, spec=None, *, builtin_name: bool | None = None, 
                    val_fraction: float = 0.1, test_fraction: float = 0.0, subset: int | None = None,
                    test_subset: int | None = None, seed: int = 0, text_column: str | Sequence[str] = "text",
                    label_column: str = "label", text_pair: bool = False, multi_label: bool = False,
-                   label_delimiter: str | None = None, image_size: int | None = None) -> DataSplits:
+                   label_delimiter: str | None = None, image_size: int | None = None,
+                   max_bad_fraction: float = 0.1) -> DataSplits:
     """Splits of a data source.
 
     Args:
@@ -54,6 +55,7 @@ def resolve_source(source: str, spec=None, *, builtin_name: bool | None = None, 
         subset, test_subset: at most this many training / test examples per class (seeded).
         val_fraction, test_fraction: held-out fractions where the source has no val / test part of its own
             (0 keeps everything in the training split, for evaluating a whole folder or file).
+        max_bad_fraction: an image folder's unreadable files are skipped, up to this fraction.
     """
     if builtin_name if builtin_name is not None else is_builtin(source):
         extra = {"test_fraction": test_fraction} if test_fraction else {}
@@ -72,7 +74,8 @@ def resolve_source(source: str, spec=None, *, builtin_name: bool | None = None, 
                             "sub-folders).")
         size = stored_size(spec.preprocessing) if spec is not None else \
             math.ceil(image_size / 0.875) if image_size else DEFAULT_STORED_SIZE
-        splits = image_folder(source, val=val, test=test, val_fraction=val_fraction, seed=seed, stored_size=size)
+        splits = image_folder(source, val=val, test=test, val_fraction=val_fraction, seed=seed, stored_size=size,
+                              max_bad_fraction=max_bad_fraction)
     else:
         raise DataError(f"data {source!r} is neither a built-in data set ({', '.join(builtin.list_datasets())}), a "
                         "text file (.csv, .tsv, .jsonl, .json, .parquet) nor an image folder. Check the path.")
