@@ -1,7 +1,7 @@
 """The training loop's two halves: one epoch of optimisation, and evaluation over a split."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn as nn
