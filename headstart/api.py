@@ -49,7 +49,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     if chosen.name == "auto":  # the planner chooses a strategy and settings; the user's explicit ones win
         prepare_head(model, data, train.get("seed", 0))
         decision = choose(model, data, chosen.budget, train.get("epochs"), seed=train.get("seed", 0),
-                          cache_dir=train.get("cache_dir"), run_dir=out if resume else None, fit=fit)
+                          cache_dir=train.get("cache_dir"), run_dir=out if resume else None, fit=fit,
+                          judge={k: train.get(k) for k in ("metric", "positive_class")})
         chosen = validate_config({"strategy": {"name": decision.strategy, "bn": bn, **decision.options}}).strategy
         train = {**decision.train, **train}
         if train.get("progress", True):

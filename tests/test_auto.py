@@ -113,9 +113,9 @@ def test_race_runs_when_the_budget_allows_and_its_winner_is_chosen(tiny_data):
     assert d.race is not None and len(d.race) == 2
     mine, other = d.race
     # The runner-up wins only by more than the validation accuracy's standard error.
-    p = min(max((mine["val_accuracy"] + other["val_accuracy"]) / 2, 0.05), 0.95)
+    p = min(max((mine["val_score"] + other["val_score"]) / 2, 0.05), 0.95)
     margin = (p * (1 - p) / len(data.val)) ** 0.5
-    assert (d.strategy == other["strategy"]) == (other["val_accuracy"] > mine["val_accuracy"] + margin)
+    assert (d.strategy == other["strategy"]) == (other["val_score"] > mine["val_score"] + margin)
     assert any("race" in r for r in d.reasons)
     assert choose(hs.create_model("toy:cnn", 3), tiny_data, None, epochs=2).race is None
 
@@ -139,3 +139,27 @@ def test_no_race_when_a_third_of_the_data_falls_under_another_rule(tiny_data):
     assert d.strategy == "full"
     race(hs.create_model("toy:cnn", 3), tiny_data, d, budget_s=1e9, epochs=5, fit=hs.fit)
     assert d.race is None and d.strategy == "full" and any("different regime" in r for r in d.reasons)
+
+
+def test_the_race_is_judged_by_the_runs_own_metric(tmp_path):
+    from conftest import separable_images
+
+    from headstart.data import from_arrays
+    from headstart.run import RunResult
+
+    x, y = separable_images(48)
+    data = from_arrays(x, y, classes=["a", "b", "c"], val_fraction=0.25, seed=0, name="race")
+    seen = []
+
+    def fake_fit(model, data, strategy, *, out, **kwargs):
+        seen.append(kwargs.get("metric"))
+        score = {"lp-ft": 0.9, "full": 0.4}.get(strategy, 0.5)  # accuracy would say otherwise: not logged here
+        return RunResult(out, [], 1, {"val/balanced_accuracy": score, "val/accuracy": 1 - score})
+
+    d = choose(hs.create_model("toy:cnn", 3), data, "1h", epochs=2, seed=0, fit=fake_fit,
+               judge={"metric": "balanced_accuracy", "positive_class": None})
+    assert seen and set(seen) == {"balanced_accuracy"}  # the contenders pick their epochs by it too
+    assert all(r["metric"] == "val/balanced_accuracy" for r in d.race)
+    best = max(d.race, key=lambda r: r["val_score"])
+    assert best["val_score"] - min(r["val_score"] for r in d.race) >= 0.4  # far beyond the standard error
+    assert d.strategy == best["strategy"]

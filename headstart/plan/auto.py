@@ -253,12 +253,13 @@ def lp_ft_options(modality: str) -> dict[str, Any]:
 
 
 def race(model, data, decision: Decision, budget_s: float, epochs: int, *, fit: Callable[..., Any], seed: int = 0,
-         cache_dir=None) -> None:
+         cache_dir=None, judge: dict[str, Any] | None = None) -> None:
     """Successive halving between the heuristic's choice and its runner-up, when the budget leaves room.
 
     Both train on a stratified third of the training set for the epochs the final run will train, so each
-    runs its whole schedule (warm-up and decay included); the better validation accuracy wins (ties keep the
-    heuristic's choice). A shorter race misleads: after 2 epochs on a third of digits, LP-FT led full
+    runs its whole schedule (warm-up and decay included); the better validation score wins (ties keep the
+    heuristic's choice): the run's own metric (`judge`: ``{"metric": "f1", "positive_class": ...}``), accuracy
+    by default. A shorter race misleads: after 2 epochs on a third of digits, LP-FT led full
     fine-tuning 0.772 to 0.621 because it starts from a trained head, yet the full runs ended 0.947 to 0.958
     the other way. The race's estimated cost plus the winner's full run must fit the budget, otherwise the
     heuristic stands. `fit` trains each contender (`hs.fit`'s signature). Updates `decision` in place.
@@ -288,6 +289,8 @@ def race(model, data, decision: Decision, budget_s: float, epochs: int, *, fit: 
                                 "classes")
         return
     small = DataSplits(data.train.subset(third), data.val, None, data.classes, data.name, data.modality)
+    judge = {k: v for k, v in (judge or {}).items() if v is not None}
+    score = f"val/{judge.get('metric', 'accuracy')}"
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in contenders:
@@ -296,35 +299,36 @@ def race(model, data, decision: Decision, budget_s: float, epochs: int, *, fit: 
                 lp_ft_options(model.spec.modality) if name == "lp-ft" else RACE_OPTIONS.get(name, {}))
             train = decision.train if name == decision.strategy else learning_rates(name, model.spec.modality)
             run = fit(copy.deepcopy(model), small, name, out=f"{tmp}/{name}", progress=False, cache_dir=cache_dir,
-                      seed=seed, **{**train, **options, "epochs": epochs})
-            results.append({"strategy": name, "options": options, "train": train,
-                            "val_accuracy": run.best_metrics.get("val/accuracy", float("nan")),
-                            "seconds": round(run.seconds, 1)})
+                      seed=seed, **{**train, **options, **judge, "epochs": epochs})
+            results.append({"strategy": name, "options": options, "train": train, "metric": score,
+                            "val_score": run.best_metrics.get(score, float("nan")), "seconds": round(run.seconds, 1)})
     decision.race = results
-    # Overrule the rules only on a difference larger than the validation accuracy's standard error: on BBC at
-    # 5 per class a third of the data is 8 articles, and its race "found" LP-FT 10 points ahead of partial;
+    # Overrule the rules only on a difference larger than the score's standard error (as a proportion's): on BBC
+    # at 5 per class a third of the data is 8 articles, and its race "found" LP-FT 10 points ahead of partial;
     # on the whole data LP-FT scored 10 points below.
     mine, other = results
-    p = min(max((mine["val_accuracy"] + other["val_accuracy"]) / 2, 0.05), 0.95)
+    p = min(max((mine["val_score"] + other["val_score"]) / 2, 0.05), 0.95)
     margin = proportion_se(p, len(data.val))
-    best = other if other["val_accuracy"] > mine["val_accuracy"] + margin else mine
+    best = other if other["val_score"] > mine["val_score"] + margin else mine
     if best["strategy"] != decision.strategy:
-        decision.reasons.append(f"race on a third of the data: {best['strategy']} ({best['val_accuracy']:.3f}) beat "
-                                f"{decision.strategy} ({results[0]['val_accuracy']:.3f}); switching")
+        decision.reasons.append(f"race on a third of the data: {best['strategy']} ({score} {best['val_score']:.3f}) "
+                                f"beat {decision.strategy} ({results[0]['val_score']:.3f}); switching")
         decision.strategy, decision.options = best["strategy"], best["options"]
         decision.train = {k: v for k, v in decision.train.items() if k == "epochs"} | best["train"]
     else:
-        decision.reasons.append(f"race on a third of the data kept {decision.strategy} ({mine['val_accuracy']:.3f} "
-                                f"vs {other['strategy']} {other['val_accuracy']:.3f}; a switch needs more than "
-                                f"{margin:.3f}, the validation accuracy's standard error)")
+        decision.reasons.append(f"race on a third of the data kept {decision.strategy} ({score} "
+                                f"{mine['val_score']:.3f} vs {other['strategy']} {other['val_score']:.3f}; a switch "
+                                f"needs more than {margin:.3f}, the score's standard error)")
 
 
 def choose(model, data, budget: str | float | None = None, epochs: int | None = None, *, seed: int = 0,
-           cache_dir=None, run_dir: str | Path | None = None, fit: Callable[..., Any] | None = None) -> Decision:
+           cache_dir=None, run_dir: str | Path | None = None, fit: Callable[..., Any] | None = None,
+           judge: dict[str, Any] | None = None) -> Decision:
     """Measure, decide, and (with `run_dir`) write the decision and its reasons to `auto.json` there.
 
     A run folder that already holds a decision reuses it, so a resumed run keeps its choice. With a budget,
-    the race trains its contenders with `fit` (`hs.fit`, which passes itself).
+    the race trains its contenders with `fit` (`hs.fit`, which passes itself) and judges them by `judge`
+    (the run's ``metric`` and ``positive_class``).
     """
     if run_dir is not None and (Path(run_dir) / DECISION_FILE).is_file():
         saved = json.loads((Path(run_dir) / DECISION_FILE).read_text())
@@ -334,7 +338,7 @@ def choose(model, data, budget: str | float | None = None, epochs: int | None = 
     if budget_s is not None:
         if fit is None:
             raise ValueError("choose() with a budget races candidates: pass fit=hs.fit")
-        race(model, data, decision, budget_s, epochs or 5, fit=fit, seed=seed, cache_dir=cache_dir)
+        race(model, data, decision, budget_s, epochs or 5, fit=fit, seed=seed, cache_dir=cache_dir, judge=judge)
     if run_dir is not None:
         atomic_write_text(Path(run_dir) / DECISION_FILE, json.dumps(decision.to_dict(), indent=2))
     return decision
