@@ -15,18 +15,21 @@ from .config import RunConfig, loss_settings, strategy_config, train_settings, v
 from .data import DataSplits
 from .data.datasets import DATASETS
 from .data.sources import resolve_source, source_modality
+from .data.tasks import combine_tasks, derive_tasks, table_tasks, tasks_of
+from .errors import ConfigError
 from .model import TransferModel, create_model
-from .objectives import task_objective
+from .objectives import Objective, multitask_objective, task_objective
 from .plan.auto import DECISION_FILE, choose
 from .plan.rank import rank as _rank
-from .run import RunFolder, RunResult, prepare_head
+from .run import RunFolder, RunResult, prepare_head, prepare_task_heads
 from .run import fit as run_fit
 from .strategies import get_strategy
 
 
 def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: str | Path = "runs/run",
         resume: bool = False, bn: str = "auto", augment: bool = True, record: RunConfig | None = None,
-        **train: Any) -> RunResult:
+        weighting: str | dict[str, Any] = "equal", task_weights: dict[str, float] | None = None,
+        task_metrics: dict[str, list[str]] | None = None, **train: Any) -> RunResult:
     """Train `model` on `data` and write a run folder; returns the history and best/test metrics.
 
     Args:
@@ -36,6 +39,9 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         resume: continue from the run folder's last checkpoint; without it an existing run is never overwritten.
         bn: BatchNorm policy, ``auto`` (the strategy's default), ``frozen`` or ``train``.
         record: the run config to write as config.yaml (the CLI's); default: what this call amounts to.
+        weighting, task_weights, task_metrics: multi-task data only (``hs.data.derive_tasks``,
+            ``combine_tasks``, ``table_tasks``): how task losses combine (``equal``, ``fixed``, ``uncertainty``,
+            ``dwa``, ``pcgrad``, or {"name": "dwa", "temperature": 2}), a weight per task, and metrics per task.
         **train: any ``train.*`` config key (epochs, lr, batch_size, precision, early_stopping={...}, ...)
             and any ``strategy.*`` option (trainable, unfreeze_every, lp_epochs, layer_decay, lora_r, budget...).
 
@@ -46,6 +52,9 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     options = {k: train.pop(k) for k in list(train) if k in strategy_config().model_fields and k != "name"}
     chosen = validate_config({"strategy": {"name": strategy, "bn": bn, **options}}).strategy
     decision = None
+    if chosen.name == "auto" and tasks_of(data) is not None:
+        raise ConfigError("strategy 'auto' chooses for single-task data; name a strategy for a multi-task run "
+                          "(full, partial, lora, lp-ft, ...)")
     if chosen.name == "auto":  # the planner chooses a strategy and settings; the user's explicit ones win
         prepare_head(model, data, train.get("seed", 0))
         decision = choose(model, data, chosen.budget, train.get("epochs"), seed=train.get("seed", 0),
@@ -60,7 +69,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     plan = get_strategy(chosen.name, bn=bn, **chosen.options())
     plan.check_schedule(settings.epochs)
     prepare_head(model, data, settings.seed)
-    objective = task_objective(model, data.train.targets, loss_settings(train_cfg))
+    objective = run_objective(model, data, loss_settings(train_cfg), weighting, task_weights, task_metrics,
+                              settings.seed)
     record = resolved_record(record, model, data, chosen, augment, train_cfg, out)
     folder = RunFolder.open(out, record.model_dump(mode="json"), resume,
                             normalise=lambda saved: validate_config(saved).model_dump(mode="json"))
@@ -71,6 +81,28 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         folder.close()
         raise
     return run_fit(model, data, plan, objective, settings, folder, augment=augment)
+
+
+def run_objective(model: TransferModel, data: DataSplits, loss, weighting: str | dict[str, Any] = "equal",
+                  task_weights: dict[str, float] | None = None, task_metrics: dict[str, list[str]] | None = None,
+                  seed: int = 0) -> Objective:
+    """The task loss of single-task data; for multi-task data a term per task, combined by `weighting`."""
+    tasks = tasks_of(data)
+    if tasks is None:
+        if weighting != "equal" or task_weights or task_metrics:
+            raise ConfigError("weighting, task_weights and task_metrics apply to multi-task data (tasks); this "
+                              "data has one task")
+        return task_objective(model, data.train.targets, loss)
+    names = [t.name for t in tasks]
+    for what, given in (("task_weights", task_weights), ("task_metrics", task_metrics)):
+        unknown = sorted(set(given or {}) - set(names))
+        if unknown:
+            raise ConfigError(f"{what} names {unknown}, which are not tasks of the data; its tasks are {names}")
+    options = dict(weighting) if isinstance(weighting, dict) else {"name": weighting}
+    name = options.pop("name", "equal")
+    if name == "pcgrad":
+        options.setdefault("seed", seed)  # its random projection order follows the run's seed
+    return multitask_objective(model, data.train.targets, loss, name, task_weights, task_metrics, **options)
 
 
 def resolved_record(record: RunConfig | None, model: TransferModel, data: DataSplits, strategy, augment: bool,
@@ -108,13 +140,59 @@ def resolved_model_config(cfg: RunConfig, model: TransferModel) -> RunConfig:
 
 
 def data_from_config(cfg: RunConfig, model: TransferModel) -> DataSplits:
-    """The config's data source (a built-in data set, a text file or an image folder) as splits."""
+    """The config's data source (a built-in data set, a text file or an image folder) as splits; with
+    `tasks`, multi-task data (see `tasks_from_config`)."""
+    if cfg.tasks:
+        return tasks_from_config(cfg, model)
     d = cfg.data.require_source()
     return resolve_source(d.dataset if d.dataset is not None else d.path, model.spec, builtin_name=d.dataset is not None,
                           val=d.val_path, test=d.test_path, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
                           subset=d.subset, test_subset=d.test_subset, seed=cfg.train.seed, text_column=d.text_column,
                           label_column=d.label_column, text_pair=d.text_pair, multi_label=d.multi_label,
                           label_delimiter=d.label_delimiter, max_bad_fraction=d.max_bad_fraction)
+
+
+def tasks_from_config(cfg: RunConfig, model: TransferModel) -> DataSplits:
+    """Multi-task data from the config's tasks: each task's own data set (``dataset``/``path``), combined;
+    groupings of the data's classes (``group``) beside its own labels (the first task); or label columns of
+    the data's table."""
+    tasks, d, mt = cfg.tasks, cfg.data, cfg.multitask
+    own = [t for t in tasks if t.dataset is not None or t.path is not None]
+    if own:
+        if len(own) != len(tasks):
+            raise ConfigError(f"tasks {[t.name for t in tasks if t not in own]} have no data set while others do; "
+                              "with several data sets every task names its own (dataset or path)")
+        parts = {t.name: resolve_source(t.dataset or t.path, model.spec, builtin_name=t.dataset is not None,
+                                        val_fraction=d.val_fraction, test_fraction=d.test_fraction, subset=d.subset,
+                                        test_subset=d.test_subset, seed=cfg.train.seed, text_column=d.text_column,
+                                        label_column=t.label_column, max_bad_fraction=d.max_bad_fraction)
+                 for t in tasks}
+        return combine_tasks(parts, mt.mixing, mt.mixing_temperature)
+    if mt.mixing != "proportional":
+        raise ConfigError(f"multitask.mixing {mt.mixing!r} mixes several data sets; these tasks share one")
+    if any(t.group is not None for t in tasks):
+        main, *rest = tasks
+        if main.group is not None or any(t.group is None for t in rest):
+            raise ConfigError("with groupings, the first task is the data's own labels (no group) and every "
+                              "further task groups its classes (group: {class: group})")
+        cfg_single = cfg.model_copy(update={"tasks": []})
+        return derive_tasks(data_from_config(cfg_single, model), main.name, **{t.name: t.group for t in rest})
+    if d.path is None:
+        raise ConfigError("tasks with label columns need a table file (data.path: a .csv/.jsonl/... with a column "
+                          "per task); for a built-in data set give each task a group or its own dataset")
+    return table_tasks(d.path, {t.name: {"column": t.column or t.name, "type": t.type} for t in tasks},
+                       d.text_column, text_pair=d.text_pair, val=d.val_path, test=d.test_path,
+                       val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=cfg.train.seed)
+
+
+def add_task_heads(cfg: RunConfig, model: TransferModel, data: DataSplits) -> None:
+    """The heads of multi-task data, of the kinds the config's tasks name (default: model.head)."""
+    tasks = tasks_of(data)
+    main = cfg.tasks[0]
+    if main.head is not None and main.head != model.head_args["kind"]:
+        raise ConfigError(f"the main task's head is model.head ({model.head_args['kind']}); set model.head instead "
+                          f"of the first task's head")
+    prepare_task_heads(model, tasks, cfg.train.seed, {t.name: t.head for t in cfg.tasks[1:] if t.head is not None})
 
 
 def fit_from_config(cfg: RunConfig, resume: bool = False, *, model: TransferModel | None = None,
@@ -127,8 +205,15 @@ def fit_from_config(cfg: RunConfig, resume: bool = False, *, model: TransferMode
     model = model if model is not None else model_from_config(cfg)
     data = data if data is not None else data_from_config(cfg, model)
     cfg = resolved_model_config(cfg, model)
+    multi = {}
+    if cfg.tasks:
+        add_task_heads(cfg, model, data)
+        weighting = {"name": cfg.multitask.weighting}
+        weighting |= {"temperature": cfg.multitask.temperature} if cfg.multitask.weighting == "dwa" else {}
+        multi = dict(weighting=weighting, task_weights={t.name: t.weight for t in cfg.tasks if t.weight != 1.0},
+                     task_metrics={t.name: t.metrics for t in cfg.tasks if t.metrics})
     return fit(model, data, cfg.strategy.name, out=cfg.out, resume=resume, bn=cfg.strategy.bn,
-               augment=cfg.data.augment, record=cfg, **cfg.strategy.options(), **cfg.train.model_dump())
+               augment=cfg.data.augment, record=cfg, **multi, **cfg.strategy.options(), **cfg.train.model_dump())
 
 
 @functools.wraps(_rank)

@@ -77,7 +77,7 @@ def adapter_state(model) -> dict[str, torch.Tensor]:
     trained_norms = [f"backbone.{n}" for n, m in model.backbone.named_modules()
                      if isinstance(m, nn.modules.batchnorm._NormBase)
                      and not any(f"backbone.{n}" == k or f"backbone.{n}".startswith(k + ".") for k in model.eval_modules)]
-    heads = tuple(f"{name}." for name in model.heads)
+    heads = tuple(f"{name}." for name in (model.MAIN, *model.extra_heads))
     keys = [k for k in state if k in kept or k.startswith(heads)
             or any(k.startswith(n + ".") and k.rsplit(".", 1)[-1] in ("running_mean", "running_var",
                                                                        "num_batches_tracked") for n in trained_norms)]
@@ -212,6 +212,7 @@ def load_model(path: str | Path, module: nn.Module | None = None, num_classes: i
                           head["dropout"], head["hidden"])
     if meta.get("decision"):
         model.set_decision(**meta["decision"])
+    model.main_task = meta.get("main_task")
     for name, h in meta.get("extra_heads", {}).items():
         model.add_head(name, h["num_outputs"], task=h["task"], kind=h["kind"], labels=h["labels"] or None,
                        dropout=h["dropout"], hidden=h["hidden"])

@@ -51,6 +51,8 @@ class TransferModel(nn.Module):
         self._adapters: dict[str, Any] | None = None
         # A binary classifier's decision rule when it is not argmax: {"positive": index, "threshold": t}.
         self.decision: dict[str, Any] | None = None
+        # Multi-task: the name of the task the main head serves (its outputs are keyed by it); None: "head".
+        self.main_task: str | None = None
         if num_outputs is None and self.labels:
             num_outputs = len(self.labels)
         if num_outputs is not None:
@@ -75,9 +77,10 @@ class TransferModel(nn.Module):
     def add_head(self, name: str, num_outputs: int, *, task: str = "classification", kind: str = "linear",
                  labels: list[str] | None = None, dropout: float = 0.0, hidden: int = 512) -> None:
         """Put a further named head on the shared backbone (multi-task); its parameters are `<name>.*`."""
-        if not name.isidentifier() or name == self.MAIN or hasattr(self, name):
-            raise HeadstartError(f"head name {name!r} must be a Python identifier other than {self.MAIN!r} and "
-                                 "the model's own attributes (backbone, spec, ...); e.g. 'species'")
+        if not name.isidentifier() or name in (self.MAIN, self.main_task) or hasattr(self, name):
+            raise HeadstartError(f"head name {name!r} must be a Python identifier other than {self.MAIN!r}, the "
+                                 "main task's name and the model's own attributes (backbone, spec, ...); e.g. "
+                                 "'species'")
         if task not in TASKS:
             raise HeadstartError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         self.add_module(name, build_head(kind, self.spec.num_features, num_outputs, dropout, hidden))
@@ -85,14 +88,24 @@ class TransferModel(nn.Module):
                                   "num_outputs": num_outputs, "dropout": dropout, "hidden": hidden}
 
     @property
+    def main_name(self) -> str:
+        """The key of the main head's outputs: its task's name in a multi-task model, else "head"."""
+        return self.main_task or self.MAIN
+
+    @property
     def heads(self) -> dict[str, nn.Module]:
-        """Every head by name, the main one first."""
-        main = {self.MAIN: self.head} if self.head is not None else {}
+        """Every head by its outputs' name, the main one first."""
+        main = {self.main_name: self.head} if self.head is not None else {}
         return {**main, **{name: getattr(self, name) for name in self.extra_heads}}
+
+    def head_tasks(self) -> dict[str, dict[str, Any]]:
+        """Each head's task, labels and outputs by its outputs' name, the main one first."""
+        main = {self.main_name: {"task": self.task, "labels": list(self.labels), "num_outputs": self.num_outputs}}
+        return {**main, **{name: dict(h) for name, h in self.extra_heads.items()}}
 
     def head_parameter_names(self) -> list[str]:
         """Full names of every head's parameters (heads are new: they always train)."""
-        prefixes = tuple(f"{name}." for name in self.heads)
+        prefixes = tuple(f"{name}." for name in (self.MAIN, *self.extra_heads))
         return [n for n, _ in self.named_parameters() if n.startswith(prefixes)]
 
     def backbone_trainable(self) -> bool:
@@ -111,7 +124,7 @@ class TransferModel(nn.Module):
 
     def forward_heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every head's outputs on the same features, by name."""
-        return {self.MAIN: self.forward_head(features),
+        return {self.main_name: self.forward_head(features),
                 **{name: getattr(self, name)(features) for name in self.extra_heads}}
 
     def forward(self, x: torch.Tensor, with_features: bool = False):
@@ -184,6 +197,7 @@ class TransferModel(nn.Module):
         """What a bundle needs to rebuild this model without its weights."""
         extra = {"extra_heads": {k: dict(v) for k, v in self.extra_heads.items()}} if self.extra_heads else {}
         extra |= {"decision": dict(self.decision)} if self.decision else {}
+        extra |= {"main_task": self.main_task} if self.main_task else {}
         return {"backbone": self.spec.to_dict(), "head": dict(self.head_args), "task": self.task,
                 "labels": list(self.labels), **extra}
 

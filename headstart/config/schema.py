@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model,
 from pydantic_core import PydanticCustomError
 
 from ..errors import ConfigError
-from ..objectives import LossSettings
+from ..objectives import WEIGHTINGS, LossSettings
 from ..options import declared
 from ..run.settings import TrainSettings
 from ..strategies import STRATEGIES, StrategyOptions, strategy_options
@@ -160,6 +160,48 @@ class DataConfig(_Section):
 
 
 
+class TaskConfig(_Section):
+    """One task of a multi-task run. Its labels come from one of: a label `column` of the data's table (default:
+    the task's name), its own data set (`dataset` or `path`: several data sets, one per task), or a `group`ing
+    of the main task's classes ({class: group})."""
+
+    name: str = Field(min_length=1)
+    type: Literal["classification", "multilabel", "regression"] = "classification"
+    column: str | None = None
+    dataset: str | None = None
+    path: str | None = None
+    label_column: str = Field("label", min_length=1)  # with path: the label column of that table
+    group: dict[str, str] | None = None
+    head: Literal["linear", "mlp"] | None = None  # default: model.head
+    weight: float = Field(1.0, gt=0.0)  # with multitask.weighting fixed (or as a prior for uncertainty, dwa)
+    metrics: list[str] = Field(default_factory=list)  # reported beside the task type's usual metrics
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TaskConfig":
+        given = [k for k in ("column", "dataset", "path", "group") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"task {self.name!r} sets {', '.join(given)}; its labels come from one of column, "
+                             "dataset, path or group")
+        return self
+
+
+class MultitaskConfig(_Section):
+    """How the tasks of a multi-task run are combined (objectives/weighting.py) and, for several data sets,
+    mixed in batches (data/tasks.py)."""
+
+    weighting: str = "equal"  # equal, fixed, uncertainty, dwa, pcgrad (headstart list weightings)
+    temperature: float = Field(2.0, gt=0.0)  # dwa's softmax temperature
+    mixing: Literal["proportional", "round-robin", "temperature"] = "proportional"
+    mixing_temperature: float = Field(2.0, gt=0.0)
+
+    @field_validator("weighting")
+    @classmethod
+    def _known_weighting(cls, value: str) -> str:
+        if value not in WEIGHTINGS:
+            raise ValueError(WEIGHTINGS.unknown_message(value))
+        return value
+
+
 class _StrategySection(_Section):
     """How the pretrained network is adapted (names are checked against the strategy registry).
 
@@ -230,6 +272,19 @@ EarlyStoppingConfig = TrainConfig.model_fields["early_stopping"].annotation
 class _RunSection(_Section):
     """Everything one training run needs."""
 
+    @model_validator(mode="after")
+    def _distinct_tasks(self):
+        names = [t.name for t in self.tasks]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"two tasks are named {twice[0]!r}; every task needs its own name")
+        bad = [n for n in names if not n.isidentifier()]
+        if bad:
+            raise ValueError(f"task name {bad[0]!r} must be a Python identifier (letters, digits, _), e.g. 'topic'")
+        if len(names) == 1:
+            raise ValueError(f"one task ({names[0]!r}) is a single-task run: leave tasks out, or add a second task")
+        return self
+
 
 @functools.lru_cache(maxsize=None)
 def _run_config(strategies: tuple[str, ...]) -> type[BaseModel]:
@@ -240,6 +295,8 @@ def _run_config(strategies: tuple[str, ...]) -> type[BaseModel]:
                         data=(DataConfig, Field(default_factory=DataConfig)),
                         strategy=(strategy, Field(default_factory=strategy)),
                         train=(TrainConfig, Field(default_factory=TrainConfig)),
+                        tasks=(list[TaskConfig], Field(default_factory=list)),
+                        multitask=(MultitaskConfig, Field(default_factory=MultitaskConfig)),
                         out=(str, Field("runs/run", min_length=1)))
 
 

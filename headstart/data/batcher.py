@@ -60,13 +60,22 @@ class SplitBatcher:
 
     def order(self, batch_size: int, shuffle: bool, seed: int, epoch: int, rank: int = 0,
               world_size: int = 1) -> list[torch.Tensor]:
+        mixed = getattr(self.data, "batch_order", None)  # multi-task data may mix its data sets per batch
+        order = mixed(batch_size, shuffle, seed, epoch, rank, world_size) if mixed is not None else None
+        if order is not None:
+            return order
         return list(iterate_batches(len(self.data), batch_size, shuffle, seed, epoch, rank, world_size))
 
     def inputs(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> Any:
         raise NotImplementedError
 
     def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> Batch:
-        return Batch(self.inputs(idx, generator), self.data.targets[idx])
+        return Batch(self.inputs(idx, generator), take(self.data.targets, idx))
+
+
+def take(targets: Any, idx: torch.Tensor) -> Any:
+    """Rows `idx` of a target tensor, or of each task's tensor in a {task: targets} dict."""
+    return {k: v[idx] for k, v in targets.items()} if isinstance(targets, dict) else targets[idx]
 
 
 BATCHERS: Registry = Registry("data modality")
@@ -85,8 +94,8 @@ class ImageBatcher(SplitBatcher):
 
 
 class FeatureData:
-    """A split whose inputs are precomputed rows (cached features or activations); same targets and classes
-    as its source split."""
+    """A split whose inputs are precomputed rows (cached features or activations); same targets, classes and
+    batch order (multi-task mixing) as its source split."""
 
     modality = "features"
 
@@ -94,6 +103,7 @@ class FeatureData:
         if features.shape[0] != len(source):
             raise ValueError(f"{features.shape[0]} feature rows for a split of {len(source)} samples")
         self.features, self.targets, self.classes = features, source.targets, list(source.classes)
+        self.batch_order = getattr(source, "batch_order", None)
 
     def __len__(self) -> int:
         return self.features.shape[0]

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn as nn
 
+from ..data.tasks import labelled
+
 
 @dataclass
 class Step:
@@ -33,14 +35,26 @@ class Term(Protocol):
 
 
 class TaskTerm:
-    """The supervised loss of one head against its targets (`loss` is a task loss from `tasks.py`)."""
+    """The supervised loss of one head against its targets (`loss` is a task loss from `tasks.py`).
 
-    def __init__(self, loss, head: str = "head"):
-        self.loss_fn, self.head = loss, head
+    `masked`: the targets may have missing labels (multi-task data); the loss is the mean over the samples
+    that carry one, and exactly zero (with no NaN, and a zero gradient) when none in the batch does.
+    """
+
+    def __init__(self, loss, head: str = "head", masked: bool = False, metrics: tuple[str, ...] = ()):
+        self.loss_fn, self.head, self.masked = loss, head, masked
+        self.metrics = tuple(metrics)  # reported beside the task kind's usual metrics (multi-task runs)
         self.name = f"task/{head}"
 
     def __call__(self, step: Step) -> torch.Tensor:
-        return self.loss_fn.loss(step.outputs[self.head], step.batch.target(self.head))
+        outputs, targets = step.outputs[self.head], step.batch.target(self.head)
+        if self.masked:
+            keep = labelled(targets)
+            if not bool(keep.all()):
+                if not bool(keep.any()):
+                    return outputs.float().sum() * 0.0
+                outputs, targets = outputs[keep], targets[keep]
+        return self.loss_fn.loss(outputs, targets)
 
     def __str__(self) -> str:
         return f"{self.name} {self.loss_fn}"
@@ -56,9 +70,14 @@ class Objective:
 
     Calling it on a batch returns ``{"loss": total, "outputs": main head outputs}``, plus each term's
     value under its name when there is more than one.
+
+    A multi-task objective has a `weighting` (`weighting.py`) that combines its task terms (every `TaskTerm`);
+    the other terms (regularisers) are added with their weights. The weighting may learn parameters
+    (`parameters`, optimised with the heads), carry state across epochs (`state_dict`, `end_epoch`) and run
+    its own backward (`backward`).
     """
 
-    def __init__(self, terms: list, weights: list[float] | None = None):
+    def __init__(self, terms: list, weights: list[float] | None = None, weighting=None):
         if not terms:
             raise ValueError("an objective needs at least one term")
         self.terms = list(terms)
@@ -69,16 +88,45 @@ class Objective:
         if len(set(names)) != len(names):
             raise ValueError(f"objective terms need distinct names, received {names}")
         self.main = self.terms[0]
+        self.weighting = weighting
 
     def with_terms(self, terms: list, weights: list[float] | None = None) -> "Objective":
         """This objective with `terms` added (weight 1.0 each unless given)."""
         if not terms:
             return self
-        return Objective(self.terms + list(terms), self.weights + ([1.0] * len(terms) if weights is None else weights))
+        return Objective(self.terms + list(terms), self.weights + ([1.0] * len(terms) if weights is None else weights),
+                         self.weighting)
+
+    @property
+    def task_terms(self) -> list[TaskTerm]:
+        return [t for t in self.terms if isinstance(t, TaskTerm)]
+
+    def parameters(self) -> list[torch.Tensor]:
+        """Parameters the objective itself learns (a weighting's), optimised beside the model's."""
+        return self.weighting.parameters() if self.weighting is not None else []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weighting": self.weighting.state_dict()} if self.weighting is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.weighting is not None and "weighting" in state:
+            self.weighting.load_state_dict(state["weighting"])
+
+    def task_weights(self) -> dict[str, float]:
+        """The weighting's current weight of each task, as metrics-row entries (none without a weighting)."""
+        if self.weighting is None:
+            return {}
+        return {f"train/weight/{k}": v for k, v in self.weighting.weights().items()}
+
+    def end_epoch(self, row: dict[str, Any]) -> None:
+        """Let the weighting see the epoch's mean task losses (dwa sets the next epoch's weights from them)."""
+        if self.weighting is not None:
+            self.weighting.end_epoch({t.head: row[f"train/{t.name}"] for t in self.task_terms})
 
     def __str__(self) -> str:
         labels = [str(t) if isinstance(t, TaskTerm) else t.name for t in self.terms]
-        return " + ".join(label if w == 1.0 else f"{w:g} x {label}" for label, w in zip(labels, self.weights))
+        text = " + ".join(label if w == 1.0 else f"{w:g} x {label}" for label, w in zip(labels, self.weights))
+        return text + (f"; tasks combined by {self.weighting}" if self.weighting is not None else "")
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The main task's loss of collected outputs (evaluation: no features, no regularisers)."""
@@ -89,6 +137,8 @@ class Objective:
         outputs, features = model(batch.inputs, with_features=True)
         step = Step(core, outputs, features, batch)
         out: dict[str, Any] = {"outputs": outputs[self.main.head]}
+        if self.weighting is not None:
+            return self._weighted(step, out)
         total = None
         for term, weight in zip(self.terms, self.weights):
             value = term(step)
@@ -98,3 +148,30 @@ class Objective:
                 out[term.name] = value.detach()
         out["loss"] = total
         return out
+
+    def _weighted(self, step: Step, out: dict[str, Any]) -> dict[str, Any]:
+        tasks, rest = {}, None
+        for term, weight in zip(self.terms, self.weights):
+            value = term(step)
+            out[term.name] = value.detach()
+            if isinstance(term, TaskTerm):
+                tasks[term.head] = value
+            else:
+                weighted = value if weight == 1.0 else weight * value
+                rest = weighted if rest is None else rest + weighted
+        combined = self.weighting.combine(tasks)
+        out["loss"] = combined if rest is None else combined + rest
+        out["_tasks"], out["_rest"] = tasks, rest  # for a gradient-based weighting's backward
+        return out
+
+    def backward(self, out: dict[str, Any], window: int, core: nn.Module, accelerator=None) -> None:
+        """Accumulate the gradients of one batch's loss, divided by its accumulation window's size."""
+        if self.weighting is None or not self.weighting.gradient_based:
+            loss = out["loss"] / window
+            accelerator.backward(loss) if accelerator else loss.backward()
+            return
+        heads = set(core.head_parameter_names())
+        trainable = [(n, p) for n, p in core.named_parameters() if p.requires_grad]
+        shared = [p for n, p in trainable if n not in heads]
+        own = [p for n, p in trainable if n in heads] + self.parameters()
+        self.weighting.backward(out["_tasks"], out["_rest"], shared, own, 1.0 / window)

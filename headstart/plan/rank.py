@@ -295,6 +295,9 @@ def _check_data(data: DataSplits, confirm: int) -> np.ndarray:
         raise DataError(f"data must be a DataSplits (hs.datasets.load, hs.data.image_folder, hs.data.from_arrays, "
                         f"...); received {type(data).__name__}.")
     targets = data.train.targets
+    if isinstance(targets, dict):
+        raise DataError(f"ranking scores one task; data {data.name!r} has tasks {list(targets)}. Rank on the main "
+                        "task's single-task data (the data before derive_tasks / combine_tasks / table_tasks).")
     if targets.ndim != 1 or targets.is_floating_point():
         kind = "multi-label" if targets.ndim == 2 else "regression"
         raise DataError(f"ranking scores need single-label class targets; data {data.name!r} has {kind} targets "

@@ -1,15 +1,17 @@
 """The training loop's two halves: one epoch of optimisation, and evaluation over a split."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from ..data.batcher import Batcher
+from ..data.tasks import labelled
 from ..errors import TrainingError
-from ..metrics import compute_metrics
-from ..runtime import autocast, predict_outputs
+from ..metrics import compute_metrics, default_metrics
+from ..runtime import autocast, predict_outputs, run_over_split
 
 
 def train_epoch(model: nn.Module, core: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, scheduler,
@@ -28,10 +30,16 @@ def train_epoch(model: nn.Module, core: nn.Module, objective: Callable, optimize
     Shuffling and augmentation draw from generators seeded by (seed, epoch): a resumed run replays them.
     A batch with a non-finite loss is left out, and an optimizer step with a non-finite gradient skipped;
     `bad_steps` counts them and stops the run past its allowance (0 by default: the first one stops it).
+    Under several processes the returned means are over every rank's samples, and the gradients of what DDP
+    does not see (an objective's own parameters; everything, for a weighting with its own backward) are
+    averaged across ranks before each step.
     """
     bad_steps = bad_steps or BadSteps(0)
     device = accelerator.device if accelerator else torch.device("cpu")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    # A weighting that runs its own backward (PCGrad) bypasses DDP's gradient hooks: the loop averages instead.
+    manual = world > 1 and objective.weighting is not None and objective.weighting.gradient_based
+    own_params = objective.parameters()
     augment_rng = torch.Generator().manual_seed(seed * 7919 + epoch)
     batches = batcher.order(batch_size, shuffle=True, seed=seed, epoch=epoch, rank=rank, world_size=world)
     model.train()
@@ -41,17 +49,19 @@ def train_epoch(model: nn.Module, core: nn.Module, objective: Callable, optimize
         window_start = (i // grad_accum) * grad_accum
         window = min(grad_accum, len(batches) - window_start)
         batch = batcher.batch(idx, augment_rng).to(device, channels_last)
-        with autocast(device, bf16):
-            out = objective(model, core, batch)
-        if bad_steps.finite(out["loss"], "loss", epoch, i, optimizer):
-            loss = out["loss"] / window
-            accelerator.backward(loss) if accelerator else loss.backward()
-            total += out["loss"].detach().double() * len(idx)
-            count += len(idx)
-            for name in objective_terms(out):
-                terms[name] = terms.get(name, 0.0) + out[name].double() * len(idx)
+        with accelerator.no_sync(model) if manual else nullcontext():
+            with autocast(device, bf16):
+                out = objective(model, core, batch)
+            if bad_steps.finite(out["loss"], "loss", epoch, i, optimizer):
+                objective.backward(out, window, core, accelerator)
+                total += out["loss"].detach().double() * len(idx)
+                count += len(idx)
+                for name in objective_terms(out):
+                    terms[name] = terms.get(name, 0.0) + out[name].double() * len(idx)
         if i == window_start + window - 1:  # end of an accumulation window
             params = [p for g in optimizer.param_groups for p in g["params"]]
+            if world > 1:
+                average_gradients(params if manual else own_params, world)
             grads = [p.grad for p in params if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
             if bad_steps.finite(norm, "gradient norm", epoch, i, optimizer):
@@ -60,8 +70,22 @@ def train_epoch(model: nn.Module, core: nn.Module, objective: Callable, optimize
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()  # a skipped step keeps the schedule's length
+    if world > 1:  # sums and counts of every rank: exact means, not a mean of ratios
+        sums = torch.stack([total, torch.tensor(float(count), dtype=torch.float64),
+                            *[torch.as_tensor(v, dtype=torch.float64) for v in terms.values()]]).to(device)
+        torch.distributed.all_reduce(sums)
+        total, count = sums[0].cpu(), int(sums[1].item())
+        terms = dict(zip(terms, sums[2:].cpu()))
     return {"train/loss": (total / max(count, 1)).item(),
             **{f"train/{name}": (value / max(count, 1)).item() for name, value in terms.items()}}
+
+
+def average_gradients(params: list[torch.Tensor], world: int) -> None:
+    """Replace each gradient by its mean over the ranks (for gradients DDP's hooks did not reduce)."""
+    for p in params:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world
 
 
 class BadSteps:
@@ -86,15 +110,19 @@ class BadSteps:
 
 
 def objective_terms(out: dict) -> list[str]:
-    """The names of the per-term values an objective's step output carries (beside loss and outputs)."""
-    return [k for k in out if k not in ("loss", "outputs")]
+    """The names of the per-term values an objective's step output carries (beside loss and outputs; keys
+    starting with _ are for the objective's own backward)."""
+    return [k for k in out if k not in ("loss", "outputs") and not k.startswith("_")]
 
 
 def evaluate_split(model: nn.Module, batcher: Batcher, metric_names: list[str], prefix: str,
                    objective: Callable | None = None, positive: int | None = None, threshold: float | None = None,
-                   **kwargs) -> dict[str, float]:
+                   tasks: dict | None = None, **kwargs) -> dict[str, float]:
     """Metrics (and the loss, when an objective is given) of the model on one split; `positive` is the class
-    the f1 metric scores (at `threshold`, when the model has a decision threshold)."""
+    the f1 metric scores (at `threshold`, when the model has a decision threshold). With `tasks` (a
+    multi-task run's {head: task} of `TransferModel.head_tasks`), every task is scored (`evaluate_tasks`)."""
+    if tasks is not None:
+        return evaluate_tasks(model, batcher, tasks, prefix, objective, **kwargs)
     outputs = predict_outputs(model, batcher, **kwargs)
     targets = batcher.data.targets
     metrics = compute_metrics(outputs, targets, metric_names, prefix=f"{prefix}/", positive=positive,
@@ -102,3 +130,46 @@ def evaluate_split(model: nn.Module, batcher: Batcher, metric_names: list[str], 
     if objective is not None:
         metrics[f"{prefix}/loss"] = objective.loss(outputs, targets).item()
     return metrics
+
+
+def task_outputs(model: nn.Module, batcher: Batcher, sizes: dict[str, int], **kwargs) -> dict[str, torch.Tensor]:
+    """Every head's outputs for every sample of a split, in data order, by head name (one pass)."""
+    model.eval()
+    rows = run_over_split(lambda x: torch.cat([o.float().reshape(o.shape[0], -1)
+                                                for o in model(x, with_features=True)[0].values()], 1),
+                          batcher, **kwargs)[0]
+    return dict(zip(sizes, torch.split(rows, list(sizes.values()), 1)))
+
+
+def evaluate_tasks(model: nn.Module, batcher: Batcher, tasks: dict, prefix: str, objective=None,
+                   **kwargs) -> dict[str, float]:
+    """Each task's metrics on its labelled samples, as ``<prefix>/<task>/<metric>``; with an objective, each
+    task's loss and their sum (``<prefix>/loss``); ``<prefix>/tasks_mean``: the mean of the tasks' headline
+    metrics (accuracy, mAP) when no task is a regression."""
+    outputs = task_outputs(model, batcher, {n: t["num_outputs"] for n, t in tasks.items()}, **kwargs)
+    terms = {t.head: t for t in objective.task_terms} if objective is not None else {}
+    metrics: dict[str, float] = {}
+    headlines, total = [], 0.0
+    for name, task in tasks.items():
+        y = batcher.data.targets[name]
+        keep = labelled(y)
+        out, y = outputs[name][keep], y[keep]
+        if not len(y):
+            continue
+        if task["task"] == "regression":
+            out = out.reshape(y.shape)
+        names = default_metrics(task["task"], task["num_outputs"])
+        names += [m for m in (terms[name].metrics if name in terms else ()) if m not in names]
+        metrics.update(compute_metrics(out, y, names, prefix=f"{prefix}/{name}/"))
+        headlines.append(metrics.get(f"{prefix}/{name}/{HEADLINE.get(task['task'], '')}"))
+        if name in terms:
+            metrics[f"{prefix}/{name}/loss"] = terms[name].loss_fn.loss(out, y).item()
+            total += metrics[f"{prefix}/{name}/loss"]
+    if terms:
+        metrics[f"{prefix}/loss"] = total
+    if headlines and all(h is not None for h in headlines):
+        metrics[f"{prefix}/tasks_mean"] = sum(headlines) / len(headlines)
+    return metrics
+
+
+HEADLINE = {"classification": "accuracy", "multilabel": "mAP"}  # what tasks_mean averages

@@ -78,11 +78,20 @@ class BestEpoch:
         self.top = None if top is None else self.sign * top
 
 
-def monitored_metric(task: str, early_stopping, metric: str = "accuracy") -> tuple[str, str]:
+def monitored_metric(task: str, early_stopping, metric: str = "accuracy",
+                     task_kinds: tuple[str, ...] = ()) -> tuple[str, str]:
     """(metric, mode) that picks the best epoch: early_stopping.metric when set, else the run's metric (val/mse
-    for regression, val/mAP for multi-label unless another metric is asked for)."""
+    for regression, val/mAP for multi-label unless another metric is asked for). A multi-task run is judged
+    by val/tasks_mean (the mean of the tasks' accuracies and mAPs), or by the sum of the tasks' val losses
+    when a task is a regression."""
     if early_stopping.metric is not None:
         return early_stopping.metric, early_stopping.mode
+    if task_kinds:  # a multi-task run
+        if metric != "accuracy":
+            raise ConfigError(f"train.metric {metric!r} applies to single-task runs; a multi-task run reports "
+                              "every task's metrics (add some per task) and picks its best epoch by "
+                              "val/tasks_mean, or by early_stopping.metric (e.g. val/<task>/macro_f1)")
+        return ("val/loss", "min") if "regression" in task_kinds else ("val/tasks_mean", "max")
     if task == "regression":
         return "val/mse", "min"
     if task == "multilabel" and metric == "accuracy":  # threshold-free ranking quality

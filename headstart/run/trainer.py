@@ -17,6 +17,7 @@ import torch
 
 from ..bundle import WEIGHTS, bundle_writer, load_model, read_meta, update_meta
 from ..data import DataSplits, make_batcher, num_batches
+from ..data.tasks import tasks_of
 from ..errors import ConfigError, DataError
 from ..metrics import best_threshold, default_metrics
 from ..model import TransferModel
@@ -83,15 +84,20 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
     device = accelerator.device
     compute = Compute.prepare(s, model, device)
     check_memory(model, data, s, device)
-    optimizer = build_optimizer(strategy.param_groups(model, max(start_epoch - 1, 0), s.lr, s.weight_decay,
-                                                      s.head_lr), s.optimizer, s.lr, s.momentum)
+    for p in objective.parameters():  # a weighting's own parameters live where the model does
+        p.data = p.data.to(device)
+    optimizer = build_optimizer(param_groups(strategy, model, max(start_epoch - 1, 0), s, objective), s.optimizer,
+                                s.lr, s.momentum)
     steps = math.ceil(num_batches(len(data.train), s.batch_size, accelerator.num_processes) / s.grad_accum)
     scheduler = build_scheduler(optimizer, steps * s.epochs, round(s.warmup_epochs * steps), s.scheduler)
     objective = objective.with_terms(strategy.regularizers(model))  # before any resume: L2-SP's w0 is pretrained
-    kept = BestEpoch(*monitored_metric(model.task, s.early_stopping, s.metric), len(data.val))
+    tasks = tasks_of(data)
+    multitask = tasks is not None
+    kept = BestEpoch(*monitored_metric(model.task, s.early_stopping, s.metric, tuple(t.kind for t in tasks or ())),
+                     len(data.val))
     bad_epochs, stopped, bad_steps = 0, False, BadSteps(s.max_bad_steps)
     if state:
-        bad_epochs, stopped = restore(state, model, optimizer, scheduler, kept)
+        bad_epochs, stopped = restore(state, model, optimizer, scheduler, kept, objective)
     wrapped = accelerator.prepare(model)
     core = accelerator.unwrap_model(wrapped)
     # torch.compile (opt-in): measured 0 to -14% for CPU training steps here (ASSETS.md), +7-9% for inference.
@@ -100,10 +106,13 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
                          cache_dir=s.cache_dir, bf16=compute.bf16_eval, channels_last=compute.channels_last,
                          batch_size=s.eval_batch_size, device=device, processes=accelerator.num_processes,
                          wrap=accelerator.prepare_model)
-    metric_names = default_metrics(core.task, core.num_outputs)
-    metric_names += [s.metric] if s.metric not in metric_names and core.task == "classification" else []
-    evaluate = dict(batch_size=s.eval_batch_size, channels_last=compute.channels_last, device=device,
-                    **metric_setup(core.task, list(data.classes), data.train.targets, s.metric, s.positive_class))
+    evaluate = dict(batch_size=s.eval_batch_size, channels_last=compute.channels_last, device=device)
+    if multitask:  # each task scored on its own labelled samples (loop.evaluate_tasks)
+        metric_names, evaluate["tasks"] = [], core.head_tasks()
+    else:
+        metric_names = default_metrics(core.task, core.num_outputs)
+        metric_names += [s.metric] if s.metric not in metric_names and core.task == "classification" else []
+        evaluate.update(metric_setup(core.task, list(data.classes), data.train.targets, s.metric, s.positive_class))
     show = s.progress and accelerator.is_main_process
     if show:
         print(f"{weights_line(core.spec)}\nstrategy {strategy.name} (bn={strategy.bn}), {compute}\n{rates}\n"
@@ -118,7 +127,7 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
                 break
             if strategy.changes_at(epoch):  # gradual unfreezing, LP-FT: a new trainable set and optimizer groups
                 strategy.apply(core, epoch=epoch)
-                regroup(optimizer, scheduler, strategy.param_groups(core, epoch, s.lr, s.weight_decay, s.head_lr))
+                regroup(optimizer, scheduler, param_groups(strategy, core, epoch, s, objective))
                 compute.retrain(s, core, device)
                 if accelerator.num_processes > 1:  # DDP registers the parameters that need gradients when it wraps
                     wrapped = accelerator.prepare_model(core)
@@ -139,6 +148,8 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
             row["train_seconds"] = round(time.perf_counter() - t0, 3)
             row.update(evaluate_split(plan.eval_model, plan.val, metric_names, "val", objective,
                                       bf16=compute.bf16_eval and not plan.head_only, **evaluate))
+            row.update(objective.task_weights())  # the weights this epoch trained with
+            objective.end_epoch(row)
             row.update(lr=optimizer.param_groups[-1]["lr"], seconds=round(time.perf_counter() - t0, 3),
                        inputs=plan.source)
             writer.check()  # a write of the last epoch that failed (a full disk) stops the run now
@@ -156,6 +167,7 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
                 checkpoint = snapshot({"epoch": epoch + 1, "model": core.state_dict(),
                                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                        "rng": torch.get_rng_state(), **kept.state_dict(),
+                                       "objective": objective.state_dict(),
                                        "bad_epochs": bad_epochs, "stopped": stopped})
                 writer.submit(lambda checkpoint=checkpoint: folder.save_checkpoint(checkpoint),
                               f"the checkpoint in {folder.path / 'checkpoints'}", nbytes(checkpoint))
@@ -239,8 +251,18 @@ def check_memory(model: TransferModel, data: DataSplits, settings: TrainSettings
                           "model.image_size or max_length, or freeze more of the backbone.")
 
 
-def restore(state: dict[str, Any], model, optimizer, scheduler, kept: BestEpoch) -> tuple[int, bool]:
-    """Load a checkpoint's model, optimizer, schedule, RNG and best-epoch state; returns (bad epochs, stopped)."""
+def param_groups(strategy: Strategy, model: TransferModel, epoch: int, s: TrainSettings,
+                 objective: Objective) -> list[dict]:
+    """The strategy's optimizer groups, plus the objective's own parameters (a weighting's) at the head's rate."""
+    groups = strategy.param_groups(model, epoch, s.lr, s.weight_decay, s.head_lr)
+    own = objective.parameters()
+    return groups + ([{"params": own, "lr": s.head_lr or s.lr, "weight_decay": 0.0}] if own else [])
+
+
+def restore(state: dict[str, Any], model, optimizer, scheduler, kept: BestEpoch,
+            objective: Objective) -> tuple[int, bool]:
+    """Load a checkpoint's model, optimizer, schedule, RNG, objective and best-epoch state; returns
+    (bad epochs, stopped)."""
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:  # another backbone, head size or strategy than the checkpoint's
@@ -250,6 +272,7 @@ def restore(state: dict[str, Any], model, optimizer, scheduler, kept: BestEpoch)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
+    objective.load_state_dict(state.get("objective", {}))
     kept.load_state_dict(state)
     return state["bad_epochs"], state["stopped"]
 
@@ -259,7 +282,7 @@ def test_best(core: TransferModel, data: DataSplits, s: TrainSettings, folder: R
     """The best epoch's bundle, reloaded: its decision threshold (train.metric f1, binary) chosen on val, then
     its metrics on the test split (None without one), written to test_metrics.json."""
     best = load_model(folder.best, module=core.backbone.net if core.spec.is_custom else None)
-    if s.metric == "f1" and best.num_outputs == 2:
+    if s.metric == "f1" and best.num_outputs == 2 and "tasks" not in evaluate:
         evaluate = {**evaluate, "threshold": choose_threshold(best, data.val, folder, evaluate)}
     if data.test is None:
         return None
@@ -348,6 +371,10 @@ def prepare_head(model: TransferModel, data: DataSplits, seed: int = 0) -> None:
                         "val_fraction > 0 or a separate val folder")
     if len(data.train) == 0:
         raise DataError("the training split is empty; check the data path, subset and val/test fractions")
+    tasks = tasks_of(data)
+    if tasks is not None:
+        prepare_task_heads(model, tasks, seed)
+        return
     if model.task == "regression":
         outputs = 1 if data.train.targets.ndim == 1 else data.train.targets.shape[1]
         if model.head is None:
@@ -370,6 +397,33 @@ def prepare_head(model: TransferModel, data: DataSplits, seed: int = 0) -> None:
         model.labels = list(data.classes)
 
 
+def prepare_task_heads(model: TransferModel, tasks, seed: int, kinds: dict[str, str] | None = None) -> None:
+    """A head per task of multi-task data: the main head serves the first task, each further task gets a head
+    named after it, of the kind `kinds` gives it (default: the main head's); heads a model already has must
+    fit their tasks. Heads are initialised in task order from `seed`."""
+    main = tasks[0]
+    if model.head is None:
+        model.task = main.kind
+        torch.manual_seed(seed)
+        model.reset_head(main.outputs, list(main.classes) or None)
+    model.main_task = main.name
+    args = model.head_args
+    for t in tasks[1:]:
+        if t.name not in model.extra_heads:
+            model.add_head(t.name, t.outputs, task=t.kind, kind=(kinds or {}).get(t.name, args["kind"]),
+                           labels=list(t.classes) or None, dropout=args["dropout"], hidden=args["hidden"])
+    have = {name: (h["task"], h["num_outputs"]) for name, h in model.head_tasks().items()}
+    want = {t.name: (t.kind, t.outputs) for t in tasks}
+    if have != want:
+        raise DataError(f"the model's heads {have} do not fit the data's tasks {want} (name: (type, outputs)); "
+                        "create the model without a head (num_classes=None) and fit puts one on per task")
+    for t in tasks:  # class names follow the data
+        if t.name == main.name:
+            model.labels = list(t.classes)
+        else:
+            model.extra_heads[t.name]["labels"] = list(t.classes)
+
+
 def default_record(strategy: Strategy, settings: TrainSettings) -> dict[str, Any]:
     """The config.yaml of a run started from plain objects (hs.fit writes the full resolved config)."""
     return {"strategy": {**strategy.describe(), **asdict(strategy.options)}, "train": asdict(settings)}
@@ -383,4 +437,4 @@ def progress_bar(show: bool, desc: str):
     return lambda it: tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
 
 
-__all__ = ["RunResult", "fit", "prepare_head", "read_metrics"]
+__all__ = ["RunResult", "fit", "prepare_head", "prepare_task_heads", "read_metrics"]
