@@ -18,7 +18,8 @@ from .data import (IMAGE_EXTENSIONS, DataSplits, ImageData, TextData, images_to_
 from .errors import DataError
 from .metrics import compute_metrics, default_metrics
 from .model import TransferModel
-from .runtime import inference_placement, predict_outputs
+from .run.loop import evaluate_tasks
+from .runtime import inference_placement, predict_outputs, task_outputs
 
 
 class UnreadableFilesError(DataError):
@@ -37,6 +38,11 @@ class Predictor:
     @property
     def labels(self) -> list[str]:
         return self.model.labels
+
+    @property
+    def tasks(self) -> list[str] | None:
+        """The task names of a multi-task model (its heads), or None for a single-task one."""
+        return list(self.model.head_tasks()) if self.model.extra_heads else None
 
     @staticmethod
     def image_paths(path: str | os.PathLike) -> list[str]:
@@ -102,9 +108,10 @@ class Predictor:
         return read_texts(path, text_column or cols.get("text_columns") or "text",
                           text_pair=bool(cols.get("text_pair")) and text_column is None)
 
-    def predict_proba(self, inputs: Any) -> np.ndarray:
+    def predict_proba(self, inputs: Any) -> np.ndarray | dict[str, np.ndarray]:
         """Class probabilities (N, num_classes), independent per class for multi-label models; regression
-        models return their outputs. Inputs: images (paths, a folder, arrays) or, for text models, texts."""
+        models return their outputs. Inputs: images (paths, a folder, arrays) or, for text models, texts.
+        A multi-task model gives {task: that array} for every task."""
         if self.model.spec.modality == "text":
             texts = self._texts(inputs)
             # Placeholder float targets: TextData needs targets, prediction never reads them.
@@ -114,11 +121,13 @@ class Predictor:
     def _image_data(self, images: torch.Tensor) -> ImageData:
         return ImageData(images, torch.zeros(len(images), dtype=torch.long), list(self.labels))  # targets unused
 
-    def _probabilities(self, data: ImageData | TextData) -> np.ndarray:
-        out = predict_outputs(self.model, make_batcher(data, self.model.spec, train=False), **self._kwargs)
-        if self.model.task == "multilabel":
-            return out.sigmoid().numpy()
-        return (out.softmax(1) if self.model.task == "classification" else out).numpy()
+    def _probabilities(self, data: ImageData | TextData) -> np.ndarray | dict[str, np.ndarray]:
+        batcher = make_batcher(data, self.model.spec, train=False)
+        if self.tasks is None:
+            return _activate(predict_outputs(self.model, batcher, **self._kwargs), self.model.task)
+        heads = self.model.head_tasks()
+        outs = task_outputs(self.model, batcher, {n: h["num_outputs"] for n, h in heads.items()}, **self._kwargs)
+        return {n: _activate(outs[n], heads[n]["task"]) for n in heads}
 
     def predict(self, inputs: Any, threshold: float = 0.5) -> list:
         """(label, probability) of the most likely class for each input, in order. Multi-label models give
@@ -158,33 +167,69 @@ class Predictor:
         images, read = self._read_files([f for p in listed for f in self.image_paths(p)], max_bad_fraction)
         return read, self._predictions(self._probabilities(self._image_data(images)), threshold)
 
-    def _predictions(self, probs: np.ndarray, threshold: float) -> list:
-        """Top (label, probability) per row; for multi-label models, every label at or above `threshold`."""
-        if self.model.task == "multilabel":
-            return [[(self.labels[i], float(p[i])) for i in np.argsort(-p, kind="stable") if p[i] >= threshold]
-                    for p in probs]
-        if self.model.task != "classification":
+    def _predictions(self, probs: np.ndarray | dict[str, np.ndarray], threshold: float) -> list | dict[str, list]:
+        """Top (label, probability) per row; for multi-label models, every label at or above `threshold`. A
+        multi-task model gives {task: its predictions}, a regression task its values."""
+        if isinstance(probs, dict):
+            heads = self.model.head_tasks()
+            return {n: (p.tolist() if heads[n]["task"] == "regression" else
+                        _labelled(p, heads[n]["task"], heads[n]["labels"], threshold,
+                                  self.model.decision if n == self.model.main_name else None))
+                    for n, p in probs.items()}
+        if self.model.task != "classification" and self.model.task != "multilabel":
             raise DataError("predict() gives labels for classifiers; use predict_proba() for regression outputs")
-        if self.model.decision:  # a binary head with a threshold chosen on validation data (train.metric f1)
-            pos, t = self.model.decision["positive"], self.model.decision["threshold"]
-            picks = np.where(probs[:, pos] >= t, pos, 1 - pos)
-        else:
-            picks = probs.argmax(1)
-        return [(self.labels[i], float(p[i])) for i, p in zip(picks, probs)]
+        return _labelled(probs, self.model.task, self.labels, threshold, self.model.decision)
 
     def evaluate(self, data: DataSplits | ImageData | TextData, split: str = "test",
                  name: str | None = None) -> dict[str, float]:
         """Metrics on labelled data whose classes must be the model's classes, named ``<name or split>/<metric>``
-        (`split` picks the part of a DataSplits; a single part is evaluated whole)."""
+        (`split` picks the part of a DataSplits; a single part is evaluated whole). A multi-task model is
+        scored on every task of multi-task data: ``<name or split>/<task>/<metric>``."""
         part = getattr(data, split) if isinstance(data, DataSplits) else data
         if part is None:
             raise DataError(f"the data has no {split!r} split; choose one of train, val, test that exists")
+        if self.tasks is not None or isinstance(part.targets, dict):
+            return self._evaluate_tasks(part, name or split)
         if self.model.task in ("classification", "multilabel"):
             part = align_labels(part, self.labels)
         out = predict_outputs(self.model, make_batcher(part, self.model.spec, train=False), **self._kwargs)
         names, decision = default_metrics(self.model.task, out.shape[1]), self.model.decision or {}
         names += ["f1"] if decision else []  # the F1 of the positive class, at the saved threshold
         return compute_metrics(out, part.targets, names, f"{name or split}/", **decision)
+
+    def _evaluate_tasks(self, part, prefix: str) -> dict[str, float]:
+        heads = self.model.head_tasks()
+        if self.tasks is None or not isinstance(part.targets, dict):
+            raise DataError(f"a multi-task model is evaluated on multi-task data and the other way round; the model "
+                            f"has tasks {self.tasks}, the data {list(part.targets) if isinstance(part.targets, dict) else None}")
+        if list(part.targets) != list(heads):
+            raise DataError(f"the data's tasks {list(part.targets)} are not the model's {list(heads)}")
+        for t in part.tasks:
+            if heads[t.name]["task"] != "regression" and list(t.classes) != list(heads[t.name]["labels"]):
+                raise DataError(f"task {t.name!r}: the data's classes {list(t.classes)[:10]} are not the model's "
+                                f"{heads[t.name]['labels'][:10]} (same names, same order)")
+        return evaluate_tasks(self.model, make_batcher(part, self.model.spec, train=False), heads, prefix,
+                              **self._kwargs)
+
+
+def _activate(out: torch.Tensor, task: str) -> np.ndarray:
+    """Probabilities of a classifier's (softmax) or multi-label head's (sigmoid) outputs; regression as is."""
+    if task == "multilabel":
+        return out.sigmoid().numpy()
+    return (out.softmax(1) if task == "classification" else out).numpy()
+
+
+def _labelled(probs: np.ndarray, task: str, labels: list[str], threshold: float, decision: dict | None) -> list:
+    """Top (label, probability) per row, or every label at or above `threshold` for a multi-label head."""
+    if task == "multilabel":
+        return [[(labels[i], float(p[i])) for i in np.argsort(-p, kind="stable") if p[i] >= threshold]
+                for p in probs]
+    if decision:  # a binary head with a threshold chosen on validation data (train.metric f1)
+        pos, t = decision["positive"], decision["threshold"]
+        picks = np.where(probs[:, pos] >= t, pos, 1 - pos)
+    else:
+        picks = probs.argmax(1)
+    return [(labels[i], float(p[i])) for i, p in zip(picks, probs)]
 
 
 def align_labels(data: ImageData | TextData, labels: list[str]) -> ImageData | TextData:

@@ -181,6 +181,16 @@ def predict_outputs(model: nn.Module, batcher, *, batch_size: int = 128, bf16: b
                           device=device)[0]
 
 
+def task_outputs(model: nn.Module, batcher, sizes: dict[str, int], **kwargs) -> dict[str, torch.Tensor]:
+    """Every head's outputs (eval mode, fp32) for every sample of a split, in data order, by head name, in one
+    pass; `sizes` gives each head's number of outputs, in the model's head order."""
+    model.eval()
+    rows = run_over_split(lambda x: torch.cat([o.reshape(o.shape[0], -1).float()
+                                                for o in model(x, with_features=True)[0].values()], 1),
+                          batcher, **kwargs)[0]
+    return dict(zip(sizes, torch.split(rows, list(sizes.values()), 1)))
+
+
 def activation_bytes(model: nn.Module, sample: Any) -> int | None:
     """Bytes of the outputs of every leaf module for one training forward pass on `sample`.
 

@@ -11,7 +11,7 @@ from ..data.batcher import Batcher
 from ..data.tasks import labelled
 from ..errors import TrainingError
 from ..metrics import compute_metrics, default_metrics
-from ..runtime import autocast, predict_outputs, run_over_split
+from ..runtime import autocast, predict_outputs, task_outputs
 
 
 def train_epoch(model: nn.Module, core: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, scheduler,
@@ -130,15 +130,6 @@ def evaluate_split(model: nn.Module, batcher: Batcher, metric_names: list[str], 
     if objective is not None:
         metrics[f"{prefix}/loss"] = objective.loss(outputs, targets).item()
     return metrics
-
-
-def task_outputs(model: nn.Module, batcher: Batcher, sizes: dict[str, int], **kwargs) -> dict[str, torch.Tensor]:
-    """Every head's outputs for every sample of a split, in data order, by head name (one pass)."""
-    model.eval()
-    rows = run_over_split(lambda x: torch.cat([o.float().reshape(o.shape[0], -1)
-                                                for o in model(x, with_features=True)[0].values()], 1),
-                          batcher, **kwargs)[0]
-    return dict(zip(sizes, torch.split(rows, list(sizes.values()), 1)))
 
 
 def evaluate_tasks(model: nn.Module, batcher: Batcher, tasks: dict, prefix: str, objective=None,
