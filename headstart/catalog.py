@@ -75,6 +75,12 @@ def _scores():
     return SCORES
 
 
+def _weightings():
+    from .objectives import WEIGHTINGS
+
+    return WEIGHTINGS
+
+
 class _Catalog(dict):
     def get(self, what: str):  # type: ignore[override]
         from .registry import unknown_name
@@ -86,4 +92,4 @@ class _Catalog(dict):
 
 CATALOG = _Catalog(backbones=_backbones, strategies=_strategies, datasets=_registry(_datasets),
                    heads=_registry(_heads), metrics=_registry(_metrics), weights=_registry(_weights),
-                   scores=_registry(_scores))
+                   scores=_registry(_scores), weightings=_registry(_weightings))

@@ -47,6 +47,10 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         text_column: List[str] = typer.Option([], "--text-column", help="text file: the text column; repeat "
                                                                         "to join several (data.text_column)"),
         label_column: Optional[str] = typer.Option(None, "--label-column", help="text file: data.label_column"),
+        task: List[str] = typer.Option([], "--task", help="multi-task table: NAME=COLUMN, one per task, the main "
+                                                          "task first (tasks)"),
+        weighting: Optional[str] = typer.Option(None, help="multi-task: equal, fixed, uncertainty, dwa, pcgrad "
+                                                           "(multitask.weighting)"),
         strategy: Optional[str] = typer.Option(None, help="linear-probe, full, ... (strategy.name)"),
         epochs: Optional[int] = typer.Option(None, help="train.epochs"),
         budget: Optional[str] = typer.Option(None, help="time budget for --strategy auto, e.g. 10m (strategy.budget)"),
@@ -70,7 +74,8 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
     overrides = list(set_)
     for key, value in (("model.backbone", backbone), ("model.weights", weights), ("strategy.name", strategy),
                        ("train.epochs", epochs), ("strategy.budget", budget), ("train.metric", metric),
-                       ("train.positive_class", positive_class), ("out", out or (str(resume) if resume else None))):
+                       ("train.positive_class", positive_class), ("multitask.weighting", weighting),
+                       ("out", out or (str(resume) if resume else None))):
         if value is not None:
             overrides.append(f"{key}={value}")
     if data is not None:
@@ -80,12 +85,25 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         overrides.append(f"data.text_column={json.dumps(text_column[0] if len(text_column) == 1 else text_column)}")
     if label_column is not None:
         overrides.append(f"data.label_column={json.dumps(label_column)}")
+    if task:
+        overrides.append(f"tasks={json.dumps(task_list(task))}")
     cfg = load_config(config, overrides)
     result = fit_from_config(cfg, resume=resume is not None)
     typer.echo(f"best epoch {result.best_epoch}: " + format_metrics(result.best_metrics))
     if result.test_metrics:
         typer.echo("test: " + format_metrics(result.test_metrics))
     typer.echo(f"run folder: {result.run_dir}")
+
+
+def task_list(specs: List[str]) -> list[dict]:
+    """--task NAME=COLUMN flags as the config's tasks (NAME alone: the column of that name)."""
+    tasks = []
+    for spec in specs:
+        name, _, column = spec.partition("=")
+        if not name.strip():
+            fail(f"--task {spec!r}: give NAME=COLUMN, e.g. --task topic=category")
+        tasks.append({"name": name.strip(), "column": column.strip() or name.strip()})
+    return tasks
 
 
 @app.command()
@@ -106,6 +124,17 @@ def evaluate(run: Path = typer.Argument(..., help="run folder or bundle"),
 
     predictor = load(run)
     cols = predictor.columns or {}  # a text model reads the columns it was trained on, unless told others
+    if predictor.tasks is not None:
+        from .data.tasks import table_tasks
+
+        if not cols.get("tasks") or is_builtin(data):
+            fail(f"this model has tasks {predictor.tasks}; evaluate reads them from a table with the label "
+                 "columns it was trained on. For a built-in or combined data set, use Python: "
+                 "hs.load(RUN).evaluate(multi_task_data)")
+        splits = table_tasks(data, cols["tasks"], list(text_column) or cols.get("text_columns") or "text",
+                             text_pair=bool(cols.get("text_pair")) and not text_column, val_fraction=0.0)
+        typer.echo(format_metrics(predictor.evaluate(splits.train, name=Path(data).stem)))
+        return
     whole = not is_builtin(data)  # a whole folder or file is evaluated: all of it in the training split
     splits = resolve_source(data, predictor.model.spec, **({"val_fraction": 0.0} if whole else {}),
                             text_column=list(text_column) or cols.get("text_columns") or "text",
@@ -156,7 +185,12 @@ def predict(run: Path = typer.Argument(..., help="run folder or bundle"),
                 fail(f"{e} On the command line that is --max-bad-fraction (now {max_bad_fraction:g}).")
         for w in caught:
             typer.secho(f"warning: {w.message}", fg=typer.colors.YELLOW, err=True)
-        rows = [(p, label, f"{prob:.4f}") for p, (label, prob) in zip(paths, preds)]
+        if isinstance(preds, dict):  # a multi-task model: a row per input and task
+            header = ("path", "task", "label", "probability")
+            rows = [(p, t, *prediction_cells(pred)) for t, task_preds in preds.items()
+                    for p, pred in zip(paths, task_preds)]
+        else:
+            rows = [(p, label, f"{prob:.4f}") for p, (label, prob) in zip(paths, preds)]
     if out is not None:
         try:
             atomic_write_text(out, csv_text([header, *rows]))
@@ -216,37 +250,50 @@ def shorten(text: str, width: int = 80) -> str:
 
 def text_prediction_rows(predictor, files: List[Path], text_column: Optional[List[str]]):
     """(header, rows) of predictions for every text of every file; multi-label joins labels with ';'."""
-    header = ("path", "label", "probability", "row", "text")
+    multi = predictor.tasks is not None
+    header = ("path", *(("task",) if multi else ()), "label", "probability", "row", "text")
     rows = []
     for path in files:
         texts = predictor.read_texts(path, text_column)
-        for i, (text, pred) in enumerate(zip(texts, predictor.predict(texts))):
-            pairs = pred if isinstance(pred, list) else [pred]
-            shown = " | ".join(text) if isinstance(text, tuple) else text
-            rows.append((str(path), ";".join(lab for lab, _ in pairs), ";".join(f"{p:.4f}" for _, p in pairs),
-                         str(i), shown))
+        preds = predictor.predict(texts)
+        for task, task_preds in (preds.items() if multi else [(None, preds)]):
+            for i, (text, pred) in enumerate(zip(texts, task_preds)):
+                shown = " | ".join(text) if isinstance(text, tuple) else text
+                rows.append((str(path), *((task,) if multi else ()), *prediction_cells(pred), str(i), shown))
     return header, rows
+
+
+def prediction_cells(pred) -> tuple[str, str]:
+    """(label, probability) cells of one prediction; a multi-label one joins its labels with ';', a regression
+    value fills the label cell."""
+    if isinstance(pred, (float, int)) or (isinstance(pred, list) and pred and isinstance(pred[0], float)):
+        return (";".join(f"{v:.6g}" for v in (pred if isinstance(pred, list) else [pred])), "")
+    pairs = pred if isinstance(pred, list) else [pred]
+    return ";".join(lab for lab, _ in pairs), ";".join(f"{p:.4f}" for _, p in pairs)
 
 
 @app.command()
 @guarded
-def demo(kind: str = typer.Argument("image", help="image (EfficientNet-Lite0 on Fashion-MNIST) or text "
-                                                   "(MiniLM on BBC News)"),
+def demo(kind: str = typer.Argument("image", help="image (EfficientNet-Lite0 on Fashion-MNIST), text (MiniLM on "
+                                                   "BBC News) or multitask (Fashion-MNIST items and kinds)"),
          out: Optional[str] = typer.Option(None, help="run folder (a new one if it exists); default runs/demo "
                                                       "or runs/demo-text"),
          subset: Optional[int] = typer.Option(None, help="training examples per class (image default 200, "
                                                          "text default all)"),
          epochs: Optional[int] = typer.Option(None, help="image default 3, text default 2")) -> None:
     """A pretrained backbone fine-tuned on real data, the whole workflow in minutes: `headstart demo` is
-    EfficientNet-Lite0 (ImageNet weights) on Fashion-MNIST, `headstart demo text` MiniLM on BBC News."""
-    from .demo import run_demo, run_text_demo
+    EfficientNet-Lite0 (ImageNet weights) on Fashion-MNIST, `headstart demo text` MiniLM on BBC News,
+    `headstart demo multitask` one Lite0 with two heads: the ten Fashion-MNIST items and four kinds."""
+    from .demo import run_demo, run_multitask_demo, run_text_demo
 
     if kind == "image":
         run_demo(out or "runs/demo", subset=subset or 200, epochs=epochs or 3)
     elif kind == "text":
         run_text_demo(out or "runs/demo-text", subset=subset, epochs=epochs or 2)
+    elif kind == "multitask":
+        run_multitask_demo(out or "runs/demo-multitask", subset=subset or 200, epochs=epochs or 3)
     else:
-        fail(f"unknown demo {kind!r}; choose image (the default) or text")
+        fail(f"unknown demo {kind!r}; choose image (the default), text or multitask")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -285,7 +332,8 @@ def rank(ctx: typer.Context,
 
 @app.command(name="list")
 @guarded
-def list_(what: str = typer.Argument(..., help="backbones, strategies, datasets, heads, metrics or weights"),
+def list_(what: str = typer.Argument(..., help="backbones, strategies, datasets, heads, metrics, weights or "
+                                               "weightings"),
           pattern: str = typer.Argument("*", help="wildcard filter, e.g. 'timm:resnet*'")) -> None:
     """List registered names."""
     from .catalog import CATALOG

@@ -334,3 +334,34 @@ def test_bad_multitask_input_gets_clear_messages(tmp_path):
     with pytest.raises(DataError, match="one table"):
         MultiTaskSplit(data.train.inputs, data.train.targets, data.train.tasks,
                        mixing=hs.data.tasks.Mixing("round-robin"))
+
+
+DDP_SCRIPT = """
+import os, sys, torch
+sys.path.insert(0, {tests!r})
+import headstart as hs
+from test_multitask import two_tasks
+data = two_tasks()
+for weighting in ("uncertainty", "pcgrad"):
+    torch.manual_seed(0)
+    model = hs.create_model("toy:cnn")
+    run = hs.fit(model, data, "full", epochs=2, lr=0.01, batch_size=4, progress=False, precision="fp32",
+                 weighting=weighting, out={out!r} + "/" + weighting)
+    torch.save({{"model": model.state_dict(), "history": run.history}},
+               {out!r} + "/" + weighting + "-rank" + os.environ["RANK"] + ".pt")
+"""
+
+
+def test_weightings_under_ddp_keep_every_rank_in_sync(tmp_path):
+    # uncertainty: its log-variances live outside the model, so the loop averages their gradients; pcgrad runs
+    # its own backward outside DDP's hooks, so the loop averages every gradient. Either way the ranks must agree.
+    from conftest import run_two_processes
+
+    run_two_processes(DDP_SCRIPT, tmp_path)
+    for weighting in ("uncertainty", "pcgrad"):
+        a, b = (torch.load(tmp_path / f"{weighting}-rank{r}.pt") for r in (0, 1))
+        assert [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])
+                and "running" not in k and "num_batches" not in k] == [], weighting
+        assert a["history"] == b["history"]  # the logged means are over both ranks' samples
+        if weighting == "uncertainty":
+            assert a["history"][-1]["train/weight/item"] != 0.5  # the learned weights moved

@@ -393,6 +393,33 @@ def test_cli_fit_predict_evaluate_text(tiny_bert, sentiment_csv, tmp_path):
     assert res.exit_code == 0 and "reviews/accuracy=" in res.output, res.output  # named after the file
 
 
+def test_cli_multitask_table_fits_predicts_and_evaluates_every_task(tiny_bert, tmp_path):
+    rows = [{**r, "mood": "" if i % 4 == 0 else ("happy" if r["topic"] == "pos" else "sad")}
+            for i, r in enumerate(sentiment_rows(80))]
+    table = write_csv(tmp_path / "two.csv", rows)
+    runner = CliRunner()
+    out = tmp_path / "mt-run"
+    res = runner.invoke(app, ["fit", "--backbone", f"hf:{tiny_bert}", "--data", str(table), "--text-column", "body",
+                              "--task", "topic", "--task", "feeling=mood", "--weighting", "uncertainty",
+                              "--epochs", "1", "--out", str(out), "--set", "train.progress=false",
+                              "--set", "model.max_length=24", "--set", "data.test_fraction=0.2",
+                              "--set", "train.batch_size=8"])
+    assert res.exit_code == 0, res.output
+    assert "test/topic/accuracy=" in res.output and "test/feeling/accuracy=" in res.output
+    new = write_csv(tmp_path / "new.csv", [{"body": "a good film"}, {"body": "an awful plot"}])
+    res = runner.invoke(app, ["predict", str(out), str(new), "--out", str(tmp_path / "preds.csv")])
+    assert res.exit_code == 0, res.output
+    preds = list(csv.DictReader(open(tmp_path / "preds.csv", encoding="utf-8")))
+    assert [(p["task"], p["text"]) for p in preds] == [("topic", "a good film"), ("topic", "an awful plot"),
+                                                        ("feeling", "a good film"), ("feeling", "an awful plot")]
+    assert {p["label"] for p in preds if p["task"] == "feeling"} <= {"happy", "sad"}
+    res = runner.invoke(app, ["evaluate", str(out), "--data", str(table)])
+    assert res.exit_code == 0 and "two/feeling/accuracy=" in res.output, res.output
+    res = runner.invoke(app, ["fit", "--backbone", f"hf:{tiny_bert}", "--data", str(table), "--text-column", "body",
+                              "--task", "topic", "--task", "feeling=nope", "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "label column 'nope' (task 'feeling') is not in the file" in res.output
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Bad input: one clear message each
 

