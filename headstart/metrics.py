@@ -165,6 +165,16 @@ def best_threshold(logits: torch.Tensor, targets: torch.Tensor, positive: int) -
     return float(best[(best - 0.5).abs().argmin()])
 
 
+def delta_m(multi: dict[str, float], single: dict[str, float], lower_is_better: set[str] = frozenset()) -> float:
+    """Mean relative change (in %) of a multi-task model's metric per task against the single-task models'
+    (Maninis et al. 2019): 100/T * sum_t s_t (M_multi,t - M_single,t) / M_single,t, with s_t = -1 where lower
+    is better (errors, losses). Positive: the shared model does better on average."""
+    if set(multi) != set(single) or not multi:
+        raise ValueError(f"delta_m needs the same tasks on both sides, got {sorted(multi)} and {sorted(single)}")
+    changes = [(-1 if t in lower_is_better else 1) * (multi[t] - single[t]) / single[t] for t in multi]
+    return 100.0 * sum(changes) / len(changes)
+
+
 def default_metrics(task: str, num_outputs: int) -> list[str]:
     if task == "regression":
         return ["mse", "mae"]

@@ -8,8 +8,15 @@ from .transforms import BatchTransform
 from .batcher import BATCHERS, Batch, FeatureBatcher, FeatureData, TwoStreamBatcher, make_batcher
 from .text import (TextBatcher, TextData, from_texts, is_text_file, read_records, read_texts,  # noqa: E402
                    text_file)
+from .tasks import MultiTaskSplit, Task, combine_tasks, derive_tasks, single_task, table_tasks  # noqa: E402
 
 __all__ = [
+    "MultiTaskSplit",
+    "Task",
+    "combine_tasks",
+    "derive_tasks",
+    "single_task",
+    "table_tasks",
     "BATCHERS",
     "Batch",
     "FeatureBatcher",

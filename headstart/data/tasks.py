@@ -32,7 +32,6 @@ import torch
 
 from ..errors import DataError
 from .batcher import BATCHERS, Batch, make_batcher, take
-from .batches import epoch_permutation
 from .images import ImageData, hash_tensor, is_missing_label, row_indices, stratified_split
 from .splits import DataSplits
 from .text import TextData, _label_key
@@ -323,6 +322,29 @@ def _check_names(names: list[str]) -> None:
         raise DataError(f"two tasks are named {seen[0]!r}; every task needs its own name")
     for n in names:
         Task(n)  # checks the name
+
+
+def single_task(data: DataSplits, name: str) -> DataSplits:
+    """One task of multi-task data as single-task data (its labelled samples only): the single-task
+    reference a multi-task model is measured against."""
+    tasks = tasks_of(data)
+    if tasks is None or name not in [t.name for t in tasks]:
+        raise DataError(f"no task {name!r} in this data (its tasks: {[t.name for t in tasks or ()]})")
+    task = next(t for t in tasks if t.name == name)
+
+    def part(split):
+        if split is None:
+            return None
+        keep = labelled(split.targets[name]).nonzero().flatten()
+        inputs = split.inputs.subset(keep)
+        y = split.targets[name][keep]
+        classes = list(task.classes)
+        if isinstance(inputs, ImageData):
+            return ImageData(inputs.images, y, classes, inputs.paths)
+        return TextData(inputs.texts, y, classes, inputs.columns)
+
+    return DataSplits(part(data.train), part(data.val), part(data.test), list(task.classes), f"{data.name}:{name}",
+                      data.modality)
 
 
 def tasks_of(data: DataSplits) -> tuple[Task, ...] | None:
