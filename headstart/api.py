@@ -212,8 +212,12 @@ def fit_from_config(cfg: RunConfig, resume: bool = False, *, model: TransferMode
         weighting |= {"temperature": cfg.multitask.temperature} if cfg.multitask.weighting == "dwa" else {}
         multi = dict(weighting=weighting, task_weights={t.name: t.weight for t in cfg.tasks if t.weight != 1.0},
                      task_metrics={t.name: t.metrics for t in cfg.tasks if t.metrics})
+    train = cfg.train.model_dump()
+    head_lrs = {t.name: t.lr for t in cfg.tasks if t.lr is not None}
+    if head_lrs:
+        train["head_lrs"] = {**(train["head_lrs"] or {}), **head_lrs}
     return fit(model, data, cfg.strategy.name, out=cfg.out, resume=resume, bn=cfg.strategy.bn,
-               augment=cfg.data.augment, record=cfg, **multi, **cfg.strategy.options(), **cfg.train.model_dump())
+               augment=cfg.data.augment, record=cfg, **multi, **cfg.strategy.options(), **train)
 
 
 @functools.wraps(_rank)

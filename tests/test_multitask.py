@@ -238,7 +238,7 @@ def test_dwa_weights_follow_the_loss_ratios():
 def test_every_weighting_trains_through_fit_and_logs_each_task(tmp_path, weighting):
     data = two_tasks()
     model = hs.create_model("toy:cnn")
-    run = hs.fit(model, data, "full", out=tmp_path / "r", epochs=2, weighting=weighting, **FAST)
+    run = hs.fit(model, data, "full", out=tmp_path / "r", epochs=2, weighting=weighting, grad_accum=2, **FAST)
     row = run.history[-1]
     assert {"train/task/item", "train/task/group", "train/weight/item", "val/item/accuracy",
             "val/group/accuracy", "val/tasks_mean", "val/item/loss"} <= set(row)
@@ -248,24 +248,27 @@ def test_every_weighting_trains_through_fit_and_logs_each_task(tmp_path, weighti
 
 def test_multitask_bundle_reloads_and_predicts_every_task(tmp_path):
     data = two_tasks()
-    model = hs.create_model("toy:cnn")
-    hs.fit(model, data, "full", out=tmp_path / "r", epochs=2, **FAST)
+    model = hs.create_model("toy:cnn", head="mlp", dropout=0.2)
+    hs.fit(model, data, "full", out=tmp_path / "r", epochs=1, **FAST)  # one epoch: the bundle is this model
     predictor = hs.load(tmp_path / "r")
     assert predictor.tasks == ["item", "group"]
+    reloaded = predictor.model
+    assert reloaded.main_task == "item" and reloaded.extra_heads["group"]["labels"] == ["cold", "warm"]
+    inputs = make_batcher(data.val, model.spec, train=False).inputs(torch.arange(6))
+    model.eval()
+    ours, theirs = model(inputs, with_features=True)[0], reloaded(inputs, with_features=True)[0]
+    assert list(ours) == list(theirs) == ["item", "group"]
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name])
     x, _ = separable_images(3)
     probs = predictor.predict_proba(x)
-    model.eval()
-    batch = make_batcher(data.val, model.spec, train=False)
-    reloaded = hs.load(tmp_path / "r").model
-    inputs = batch.inputs(torch.arange(4))
-    best = hs.load(tmp_path / "r").model
-    for name, out in reloaded(inputs, with_features=True)[0].items():
-        torch.testing.assert_close(out, best(inputs, with_features=True)[0][name])
     assert set(probs) == {"item", "group"} and probs["group"].shape == (len(x), 2)
     preds = predictor.predict(x)
     assert [p[0] for p in preds["group"]] == [["cold", "warm"][int(np.argmax(p))] for p in probs["group"]]
     metrics = predictor.evaluate(data, "val")
-    assert {"val/item/accuracy", "val/group/accuracy"} <= set(metrics)
+    run_row = hs.run.read_metrics(tmp_path / "r")[0]
+    for key in ("item/accuracy", "group/accuracy", "group/macro_f1"):
+        assert metrics[f"val/{key}"] == pytest.approx(run_row[f"val/{key}"])
 
 
 @pytest.mark.parametrize("weighting", ["dwa", "uncertainty", "pcgrad"])
@@ -365,3 +368,64 @@ def test_weightings_under_ddp_keep_every_rank_in_sync(tmp_path):
         assert a["history"] == b["history"]  # the logged means are over both ranks' samples
         if weighting == "uncertainty":
             assert a["history"][-1]["train/weight/item"] != 0.5  # the learned weights moved
+
+
+def test_a_task_head_can_have_its_own_learning_rate(tmp_path):
+    data = two_tasks()
+    model = hs.create_model("toy:cnn")
+    hs.fit(model, data, "full", out=tmp_path / "r", epochs=1, head_lrs={"group": 0.5}, scheduler="constant", **FAST)
+    from headstart.run.checkpoint import load_checkpoint
+
+    groups = {g["name"]: g["lr"] for g in load_checkpoint(tmp_path / "r")["optimizer"]["param_groups"]}
+    assert groups["head:group"] == 0.5 and groups["head"] == FAST["lr"]
+    with pytest.raises(ConfigError, match="not heads of the model"):
+        hs.fit(hs.create_model("toy:cnn"), data, "full", out=tmp_path / "b", head_lrs={"gruop": 0.5}, **FAST)
+
+
+def test_single_task_references_and_delta_m():
+    data = two_tasks()
+    kind = hs.data.single_task(data, "group")
+    assert kind.classes == ["cold", "warm"] and torch.equal(kind.train.targets, data.train.targets["group"])
+    combined = combine_tasks({"one": images(8), "two": images(6, seed=2)})
+    assert len(hs.data.single_task(combined, "two").train) == int((combined.train.targets["two"] >= 0).sum())
+    with pytest.raises(DataError, match="no task 'three'"):
+        hs.data.single_task(combined, "three")
+    from headstart.metrics import delta_m
+
+    assert delta_m({"a": 0.9, "b": 0.5}, {"a": 0.9, "b": 0.5}) == 0.0
+    assert delta_m({"a": 0.99, "b": 0.5}, {"a": 0.9, "b": 0.5}) == pytest.approx(5.0)  # +10% on one of two
+    assert delta_m({"err": 0.5}, {"err": 1.0}, lower_is_better={"err"}) == pytest.approx(50.0)
+
+
+def test_rows_log_delta_m_against_single_task_references(tmp_path):
+    data = two_tasks()
+    run = hs.fit(hs.create_model("toy:cnn"), data, "full", out=tmp_path / "r", epochs=1,
+                 task_references={"item": 0.5, "group": 0.8}, **FAST)
+    row = run.history[0]
+    expected = 100 * ((row["val/item/accuracy"] - 0.5) / 0.5 + (row["val/group/accuracy"] - 0.8) / 0.8) / 2
+    assert row["val/delta_m"] == pytest.approx(expected)
+    with pytest.raises(ConfigError, match="missing"):
+        hs.fit(hs.create_model("toy:cnn"), data, "full", out=tmp_path / "b", epochs=1,
+               task_references={"item": 0.5}, **FAST)
+
+
+def test_every_strategy_trains_the_shared_part_and_every_head_and_reloads(tmp_path):
+    from test_strategies import TEST_OPTIONS
+
+    from headstart.strategies import STRATEGIES
+
+    data = two_tasks(12)
+    x = make_batcher(data.val, hs.create_model("toy:cnn").spec, train=False).inputs(torch.arange(4))
+    for name in STRATEGIES.list():
+        torch.manual_seed(0)
+        model = hs.create_model("toy:cnn")
+        prepare_head(model, data, 0)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        options = TEST_OPTIONS.get(name, lambda m: {})(model)
+        hs.fit(model, data, name, out=tmp_path / name, epochs=2, **options, **FAST)
+        after = model.state_dict()
+        for head in ("head.", "group."):
+            assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(head)), (name, head)
+        reloaded = hs.load(tmp_path / name).model
+        outputs = reloaded(x, with_features=True)[0]
+        assert list(outputs) == ["item", "group"] and all(torch.isfinite(o).all() for o in outputs.values()), name

@@ -174,6 +174,7 @@ class TaskConfig(_Section):
     group: dict[str, str] | None = None
     head: Literal["linear", "mlp"] | None = None  # default: model.head
     weight: float = Field(1.0, gt=0.0)  # with multitask.weighting fixed (or as a prior for uncertainty, dwa)
+    lr: float | None = Field(None, gt=0.0)  # this task's head's learning rate (default train.head_lr)
     metrics: list[str] = Field(default_factory=list)  # reported beside the task type's usual metrics
 
     @model_validator(mode="after")

@@ -9,8 +9,8 @@ import torch.nn as nn
 
 from ..data.batcher import Batcher
 from ..data.tasks import labelled
-from ..errors import TrainingError
-from ..metrics import compute_metrics, default_metrics
+from ..errors import ConfigError, TrainingError
+from ..metrics import compute_metrics, default_metrics, delta_m
 from ..runtime import autocast, predict_outputs, task_outputs
 
 
@@ -133,10 +133,11 @@ def evaluate_split(model: nn.Module, batcher: Batcher, metric_names: list[str], 
 
 
 def evaluate_tasks(model: nn.Module, batcher: Batcher, tasks: dict, prefix: str, objective=None,
-                   **kwargs) -> dict[str, float]:
+                   references: dict[str, float] | None = None, **kwargs) -> dict[str, float]:
     """Each task's metrics on its labelled samples, as ``<prefix>/<task>/<metric>``; with an objective, each
     task's loss and their sum (``<prefix>/loss``); ``<prefix>/tasks_mean``: the mean of the tasks' headline
-    metrics (accuracy, mAP) when no task is a regression."""
+    metrics (accuracy, mAP) when no task is a regression; with single-task `references` of every task's
+    headline metric (MSE for regression), ``<prefix>/delta_m``: the mean relative change against them (%)."""
     outputs = task_outputs(model, batcher, {n: t["num_outputs"] for n, t in tasks.items()}, **kwargs)
     terms = {t.head: t for t in objective.task_terms} if objective is not None else {}
     metrics: dict[str, float] = {}
@@ -160,6 +161,14 @@ def evaluate_tasks(model: nn.Module, batcher: Batcher, tasks: dict, prefix: str,
         metrics[f"{prefix}/loss"] = total
     if headlines and all(h is not None for h in headlines):
         metrics[f"{prefix}/tasks_mean"] = sum(headlines) / len(headlines)
+    if references:
+        missing = sorted(set(tasks) - set(references))
+        if missing:
+            raise ConfigError(f"train.task_references needs every task's single-task value; missing {missing}")
+        key = lambda name: f"{prefix}/{name}/{HEADLINE.get(tasks[name]['task'], 'mse')}"  # noqa: E731
+        if all(key(name) in metrics for name in tasks):
+            metrics[f"{prefix}/delta_m"] = delta_m({n: metrics[key(n)] for n in tasks}, dict(references),
+                                                   {n for n in tasks if tasks[n]["task"] == "regression"})
     return metrics
 
 

@@ -32,6 +32,9 @@ class TrainSettings:
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float | None = setting(None, gt=0.0)  # None = the strategy's default for the modality (Strategy.default_lrs)
     head_lr: float | None = setting(None, gt=0.0)  # None = that default too (for an image backbone: lr)
+    head_lrs: dict[str, float] | None = None  # multi-task: a rate per task's head, by task name (others: head_lr)
+    # multi-task: each task's single-task reference (its accuracy, mAP or MSE): rows then log delta_m (%)
+    task_references: dict[str, float] | None = None
     weight_decay: float = setting(0.01, ge=0.0)
     momentum: float = setting(0.9, ge=0.0)
     scheduler: Literal["cosine", "constant"] = "cosine"

@@ -108,7 +108,10 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
                          wrap=accelerator.prepare_model)
     evaluate = dict(batch_size=s.eval_batch_size, channels_last=compute.channels_last, device=device)
     if multitask:  # each task scored on its own labelled samples (loop.evaluate_tasks)
-        metric_names, evaluate["tasks"] = [], core.head_tasks()
+        metric_names, evaluate["tasks"], evaluate["references"] = [], core.head_tasks(), s.task_references
+    elif s.task_references:
+        raise ConfigError("train.task_references compare a multi-task run's tasks with single-task models; this "
+                          "run has one task")
     else:
         metric_names = default_metrics(core.task, core.num_outputs)
         metric_names += [s.metric] if s.metric not in metric_names and core.task == "classification" else []
@@ -255,8 +258,31 @@ def param_groups(strategy: Strategy, model: TransferModel, epoch: int, s: TrainS
                  objective: Objective) -> list[dict]:
     """The strategy's optimizer groups, plus the objective's own parameters (a weighting's) at the head's rate."""
     groups = strategy.param_groups(model, epoch, s.lr, s.weight_decay, s.head_lr)
+    if s.head_lrs:
+        groups = split_head_groups(groups, model, s.head_lrs)
     own = objective.parameters()
     return groups + ([{"params": own, "lr": s.head_lr or s.lr, "weight_decay": 0.0}] if own else [])
+
+
+def split_head_groups(groups: list[dict], model: TransferModel, head_lrs: dict[str, float]) -> list[dict]:
+    """The strategy's groups with the parameters of each head named in `head_lrs` moved into groups of their
+    own (``head:<task>``, with and without weight decay) at that head's rate."""
+    unknown = sorted(set(head_lrs) - set(model.heads))
+    if unknown:
+        raise ConfigError(f"train.head_lrs names {unknown}, which are not heads of the model (its tasks: "
+                          f"{list(model.heads)})")
+    owner = {id(p): name for name, head in model.heads.items() if name in head_lrs for p in head.parameters()}
+    out, moved = [], {}
+    for g in groups:
+        stay = [p for p in g["params"] if id(p) not in owner]
+        for p in g["params"]:
+            if id(p) in owner:
+                key = (owner[id(p)], g["name"].endswith("/no_decay"))
+                moved.setdefault(key, {**g, "params": [], "lr": head_lrs[key[0]],
+                                       "name": f"head:{key[0]}" + ("/no_decay" if key[1] else "")})["params"].append(p)
+        if stay:
+            out.append({**g, "params": stay})
+    return out + list(moved.values())
 
 
 def restore(state: dict[str, Any], model, optimizer, scheduler, kept: BestEpoch,
