@@ -60,11 +60,25 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
                                                      help="--metric f1: the class it scores (train.positive_class)"),
         out: Optional[str] = typer.Option(None, help="run folder"),
         resume: Optional[Path] = typer.Option(None, help="continue the run in this folder from its last checkpoint"),
+        nproc: int = typer.Option(1, "--nproc", min=1, help="train on N local processes (DDP through torchrun's "
+                                                            "launcher; train.batch_size stays the global batch)"),
         ) -> None:
     """Train a model; writes a run folder (config, metrics, checkpoints, best model bundle)."""
     from .api import fit_from_config
     from .config import load_config
     from .data.sources import is_builtin
+    from .run.distributed import launch, launched, without_flag
+
+    if nproc > 1 and not launched():
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+        try:
+            launch(nproc, without_flag(sys.argv[1:], "--nproc"))
+        except ChildFailedError as e:
+            failures = "; ".join(f"rank {f.local_rank}: exit code {f.exitcode}" for f in e.failures.values())
+            fail(f"the distributed run failed ({failures}); the failing rank's error is printed above. The run "
+                 "folder keeps its last good checkpoint: fix the cause and add --resume RUN to continue.")
+        return
 
     if resume is not None:
         saved = resume / "config.yaml"

@@ -11,10 +11,11 @@ from ..data.batcher import Batcher
 from ..data.tasks import labelled
 from ..errors import ConfigError, TrainingError
 from ..metrics import compute_metrics, default_metrics, delta_m
+from ..objectives import Objective
 from ..runtime import autocast, predict_outputs, task_outputs
 
 
-def train_epoch(model: nn.Module, core: nn.Module, objective: Callable, optimizer: torch.optim.Optimizer, scheduler,
+def train_epoch(model: nn.Module, core: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer, scheduler,
                 batcher: Batcher, *, epoch: int, batch_size: int, grad_accum: int = 1,
                 clip_grad_norm: float | None = None, bf16: bool = False, channels_last: bool = False,
                 seed: int = 0, accelerator=None, progress: Callable | None = None,

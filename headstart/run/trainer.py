@@ -26,6 +26,7 @@ from ..runtime import (activation_bytes, available_bytes, depthwise_in_fp32, pin
                        resolve_channels_last, resolve_precision)
 from ..strategies import Strategy, trainable_summary
 from .checkpoint import BackgroundWriter, nbytes, snapshot
+from .distributed import check_processes, rank_batch_size
 from .dropout import install as install_fast_dropout
 from .folder import TEST_FILE, RunFolder, read_metrics
 from .inputs import EpochInputs
@@ -88,7 +89,10 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
         p.data = p.data.to(device)
     optimizer = build_optimizer(param_groups(strategy, model, max(start_epoch - 1, 0), s, objective), s.optimizer,
                                 s.lr, s.momentum)
-    steps = math.ceil(num_batches(len(data.train), s.batch_size, accelerator.num_processes) / s.grad_accum)
+    world = accelerator.num_processes
+    rank_batch = rank_batch_size(s.batch_size, world)  # train.batch_size is the global batch
+    check_processes(len(data.train), rank_batch, world)
+    steps = math.ceil(num_batches(len(data.train), rank_batch, world) / s.grad_accum)
     scheduler = build_scheduler(optimizer, steps * s.epochs, round(s.warmup_epochs * steps), s.scheduler)
     objective = objective.with_terms(strategy.regularizers(model))  # before any resume: L2-SP's w0 is pretrained
     tasks = tasks_of(data)
@@ -118,7 +122,8 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
         evaluate.update(metric_setup(core.task, list(data.classes), data.train.targets, s.metric, s.positive_class))
     show = s.progress and accelerator.is_main_process
     if show:
-        print(f"{weights_line(core.spec)}\nstrategy {strategy.name} (bn={strategy.bn}), {compute}\n{rates}\n"
+        processes = f", {world} processes x {rank_batch} per step (global batch {s.batch_size})" if world > 1 else ""
+        print(f"{weights_line(core.spec)}\nstrategy {strategy.name} (bn={strategy.bn}), {compute}{processes}\n{rates}\n"
               f"objective: {objective}; best epoch by {kept.monitor}\n" + trainable_summary(core, optimizer))
 
     # Checkpoints and the best bundle are written from snapshots on a background thread: training goes on
@@ -143,7 +148,7 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
             row: dict[str, Any] = {"epoch": epoch + 1}
             with depthwise_in_fp32(core, enabled=compute.pinned):
                 row.update(train_epoch(plan.step_model, core, objective, optimizer, scheduler, plan.train,
-                                       epoch=epoch, batch_size=s.batch_size, grad_accum=s.grad_accum,
+                                       epoch=epoch, batch_size=rank_batch, grad_accum=s.grad_accum,
                                        clip_grad_norm=s.clip_grad_norm, bf16=compute.bf16_train and not plan.head_only,
                                        channels_last=compute.channels_last, seed=s.seed, accelerator=accelerator,
                                        progress=progress_bar(show, f"epoch {epoch + 1}/{s.epochs}"),
