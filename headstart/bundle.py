@@ -32,15 +32,17 @@ def save_bundle(model: TransferModel, path: str | Path, extra: dict[str, Any] | 
     return bundle_writer(model, path, extra)()
 
 
-def bundle_writer(model: TransferModel, path: str | Path, extra: dict[str, Any] | None = None) -> Callable[[], Path]:
+def bundle_writer(model: TransferModel, path: str | Path, extra: dict[str, Any] | None = None,
+                  state: dict[str, torch.Tensor] | None = None) -> Callable[[], Path]:
     """Snapshot `model` now (weights copied) and return a function that writes the bundle.
 
-    The snapshot lets a background thread write while training changes the live weights.
+    The snapshot lets a background thread write while training changes the live weights. `state`: the
+    model's full weights when they are not its own `state_dict()` (a sharded model's, gathered).
     """
     from safetensors.torch import save_file
 
     path = Path(path)
-    state, adapters = model.state_dict(), None
+    state, adapters = (model.state_dict() if state is None else state), None
     if model.adapters:  # PEFT: adapters + head only, or merged if the base can't be rebuilt
         state, adapters, model = bundle_contents(model)
     state = {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}

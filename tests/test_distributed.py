@@ -99,6 +99,7 @@ try:
     hs.fit(make(), data, "lp-ft", lp_epochs=1, out={out!r} + "/part", **args)
 except KeyboardInterrupt:
     pass
+torch.distributed.barrier()  # a real kill ends every process; here rank 0 must finish its checkpoint first
 trainer.train_epoch = real
 hs.fit(make(), data, "lp-ft", lp_epochs=1, out={out!r} + "/part", resume=True, **args)
 """
@@ -180,3 +181,75 @@ def test_every_launcher_starts_two_ranks_that_write_one_run(tmp_path, launcher):
     assert [r["epoch"] for r in hs.run.read_metrics(out)] == [1, 2]
     assert (out / "best" / "model.safetensors").is_file()
     assert np.isfinite(json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["val/accuracy"])
+
+
+FSDP_SCRIPT = PREAMBLE + """
+from headstart.run import loop
+import headstart.run.trainer as trainer
+from headstart.run.sharding import is_sharded
+for name, options in (("full", {{}}), ("partial", {{"trainable": "last:1"}})):
+    model = make()
+    hs.fit(model, data, name, out={out!r} + "/" + name, fsdp=True, **options, **SAME)
+    assert is_sharded(model)
+    torch.save({{"sharded": True}}, {out!r} + "/" + name + "-done" + rank)
+real = loop.train_epoch
+def killed(*a, **kw):
+    if kw["epoch"] == 2:
+        raise KeyboardInterrupt("killed")
+    return real(*a, **kw)
+trainer.train_epoch = killed
+try:
+    hs.fit(make(), data, "full", out={out!r} + "/part", fsdp=True, **SAME)
+except KeyboardInterrupt:
+    pass
+torch.distributed.barrier()  # a real kill ends every process; here rank 0 must finish its checkpoint first
+trainer.train_epoch = real
+hs.fit(make(), data, "full", out={out!r} + "/part", resume=True, fsdp=True, **SAME)
+"""
+
+
+def test_fsdp_shards_and_trains_what_one_process_trains_and_resumes(tmp_path):
+    proc = run_ranks(FSDP_SCRIPT, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, options in (("full", {}), ("partial", {"trainable": "last:1"})):
+        single = make()
+        hs.fit(single, tiny(), name, out=tmp_path / f"single-{name}", **options, **SAME)
+        # The checkpoint and the bundle hold the full weights: they load unsharded, anywhere.
+        state = load_checkpoint(tmp_path / name)["model"]
+        for key, value in single.state_dict().items():
+            torch.testing.assert_close(state[key], value, rtol=1e-4, atol=1e-5, msg=f"{name} {key}")
+        assert hs.load(tmp_path / name).model is not None
+        a, b = hs.run.read_metrics(tmp_path / name), hs.run.read_metrics(tmp_path / f"single-{name}")
+        assert [r["val/accuracy"] for r in a] == [r["val/accuracy"] for r in b]
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]  # noqa: E731
+    assert strip(hs.run.read_metrics(tmp_path / "part")) == strip(hs.run.read_metrics(tmp_path / "full"))
+    for key, value in load_checkpoint(tmp_path / "full")["model"].items():
+        assert torch.equal(value, load_checkpoint(tmp_path / "part")["model"][key]), key
+
+
+def test_fsdp_refuses_what_it_cannot_run(tmp_path):
+    with pytest.raises(ConfigError, match="shards across processes, and this run has one"):
+        hs.fit(make(), tiny(), "full", out=tmp_path / "a", fsdp=True, **SAME)
+    with pytest.raises(ConfigError, match="changes what trains during the run"):
+        hs.fit(make(), tiny(), "lp-ft", lp_epochs=1, out=tmp_path / "b", fsdp=True, **SAME)
+
+
+MISMATCH_SCRIPT = """
+import os, torch, torch.distributed as dist
+from headstart.errors import ConfigError
+from headstart.run.distributed import check_same_start
+dist.init_process_group("gloo")
+check_same_start(3, "cpu")  # the same epoch everywhere: fine
+try:
+    check_same_start(int(os.environ["RANK"]) + 1, "cpu")  # rank 0 read epoch 1, rank 1 epoch 2
+except ConfigError as e:
+    open({out!r} + "/message" + os.environ["RANK"], "w").write(str(e))
+dist.destroy_process_group()
+"""
+
+
+def test_ranks_that_read_different_checkpoints_stop_with_a_message_not_a_hang(tmp_path):
+    proc = run_ranks(MISMATCH_SCRIPT, tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in (0, 1):
+        assert "read different checkpoints of the run (epochs [1, 2] by rank)" in (tmp_path / f"message{r}").read_text()

@@ -31,6 +31,23 @@ def check_processes(n_train: int, rank_batch: int, world: int) -> None:
                           f"their own. Use at most {batches} processes, or more data.")
 
 
+def check_same_start(start_epoch: int, device) -> None:
+    """Every rank must resume from the same checkpoint: ranks that start at different epochs would call the
+    collectives a different number of times and wait for each other forever. A collective call."""
+    import torch
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    mine = torch.tensor([start_epoch], device=device)
+    every = [torch.zeros_like(mine) for _ in range(world)]
+    dist.all_gather(every, mine)
+    epochs = [int(t.item()) for t in every]
+    if len(set(epochs)) > 1:
+        raise ConfigError(f"the processes read different checkpoints of the run (epochs {epochs} by rank): the "
+                          "run folder changed while they started, or is not the same folder on every machine. "
+                          "Start them again once the folder is settled (on storage every machine sees).")
+
+
 def launched() -> bool:
     """True inside a process started by torchrun or accelerate launch."""
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -67,4 +84,4 @@ def without_flag(argv: list[str], flag: str) -> list[str]:
     return out
 
 
-__all__ = ["check_processes", "launch", "launched", "rank_batch_size", "without_flag"]
+__all__ = ["check_processes", "check_same_start", "launch", "launched", "rank_batch_size", "without_flag"]

@@ -65,6 +65,7 @@ def train_epoch(model: nn.Module, core: nn.Module, objective: Objective, optimiz
                 average_gradients(params if manual else own_params, world)
             grads = [p.grad for p in params if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # sharded (FSDP) gradients
             if bad_steps.finite(norm, "gradient norm", epoch, i, optimizer):
                 if clip_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)

@@ -46,6 +46,7 @@ class TrainSettings:
     channels_last: Literal["auto", "on", "off"] = "auto"
     fast_dropout: bool = True  # CPU dropout masks drawn 4 per RNG call (run/dropout.py); false = torch's own
     compile: bool = False  # torch.compile the training step's model (first epoch pays the compilation)
+    fsdp: bool = False  # several processes: shard weights, gradients and optimizer state (run/sharding.py)
     # What the user cares about: it picks the best epoch (and early stopping), beside the usual metrics.
     metric: Literal["accuracy", "balanced_accuracy", "macro_f1", "f1", "auroc"] = "accuracy"
     positive_class: str | None = None  # metric f1: the class whose F1 counts (binary default: the rarer one)

@@ -9,7 +9,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from ..runtime import (activation_bytes, available_bytes, depthwise_in_fp32, pin
                        resolve_channels_last, resolve_precision)
 from ..strategies import Strategy, trainable_summary
 from .checkpoint import BackgroundWriter, nbytes, snapshot
-from .distributed import check_processes, rank_batch_size
+from .distributed import check_processes, check_same_start, rank_batch_size
+from .sharding import check_fsdp, full_optimizer_state, full_state, load_full_state, shard
 from .dropout import install as install_fast_dropout
 from .folder import TEST_FILE, RunFolder, read_metrics
 from .inputs import EpochInputs
@@ -83,13 +84,19 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device
-    compute = Compute.prepare(s, model, device)
+    # FSDP shards only contiguous parameters: channels_last weights are not (measured gain here: small).
+    compute = Compute.prepare(replace(s, channels_last="off") if s.fsdp else s, model, device)
     check_memory(model, data, s, device)
     for p in objective.parameters():  # a weighting's own parameters live where the model does
         p.data = p.data.to(device)
+    world = accelerator.num_processes
+    if world > 1:
+        check_same_start(start_epoch, device)
+    if s.fsdp:  # shard before the optimizer is built: fully_shard replaces the parameters
+        check_fsdp(strategy, model, s, world, objective)
+        shard(model.to(device))
     optimizer = build_optimizer(param_groups(strategy, model, max(start_epoch - 1, 0), s, objective), s.optimizer,
                                 s.lr, s.momentum)
-    world = accelerator.num_processes
     rank_batch = rank_batch_size(s.batch_size, world)  # train.batch_size is the global batch
     check_processes(len(data.train), rank_batch, world)
     steps = math.ceil(num_batches(len(data.train), rank_batch, world) / s.grad_accum)
@@ -101,12 +108,12 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
                      len(data.val))
     bad_epochs, stopped, bad_steps = 0, False, BadSteps(s.max_bad_steps)
     if state:
-        bad_epochs, stopped = restore(state, model, optimizer, scheduler, kept, objective)
-    wrapped = accelerator.prepare(model)
+        bad_epochs, stopped = restore(state, model, optimizer, scheduler, kept, objective, s.fsdp)
+    wrapped = model if s.fsdp else accelerator.prepare(model)  # DDP, unless the model is sharded already
     core = accelerator.unwrap_model(wrapped)
     # torch.compile (opt-in): measured 0 to -14% for CPU training steps here (ASSETS.md), +7-9% for inference.
     compiled = torch.compile(wrapped) if s.compile else wrapped
-    inputs = EpochInputs(core, data, cache=s.cache, augment=augment, views=s.cache_views, seed=s.seed,
+    inputs = EpochInputs(core, data, cache="off" if s.fsdp else s.cache, augment=augment, views=s.cache_views, seed=s.seed,
                          cache_dir=s.cache_dir, bf16=compute.bf16_eval, channels_last=compute.channels_last,
                          batch_size=s.eval_batch_size, device=device, processes=accelerator.num_processes,
                          wrap=accelerator.prepare_model)
@@ -161,19 +168,22 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
             row.update(lr=optimizer.param_groups[-1]["lr"], seconds=round(time.perf_counter() - t0, 3),
                        inputs=plan.source)
             writer.check()  # a write of the last epoch that failed (a full disk) stops the run now
+            # A sharded model's full weights and optimizer state are gathered on every rank (a collective).
+            full = (full_state(core), full_optimizer_state(core, optimizer)) if s.fsdp else None
             if kept.offer_row(row, epoch + 1):  # see selection.py for the rule
                 bad_epochs = 0
                 if accelerator.is_main_process:
                     write = bundle_writer(core, folder.staged_best, {"epoch": epoch + 1, "metrics": row,
-                                                                     **bundle_meta(data)})
+                                                                     **bundle_meta(data)}, full and full[0])
                     writer.submit(lambda write=write: folder.write_best(write), f"the best bundle {folder.best}")
             else:
                 bad_epochs += 1
             stopped = s.early_stopping.patience is not None and bad_epochs >= s.early_stopping.patience
             if accelerator.is_main_process:
                 folder.append_metrics(row)
-                checkpoint = snapshot({"epoch": epoch + 1, "model": core.state_dict(),
-                                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                checkpoint = snapshot({"epoch": epoch + 1, "model": full[0] if full else core.state_dict(),
+                                       "optimizer": full[1] if full else optimizer.state_dict(),
+                                       "scheduler": scheduler.state_dict(),
                                        "rng": torch.get_rng_state(), **kept.state_dict(),
                                        "objective": objective.state_dict(),
                                        "bad_epochs": bad_epochs, "stopped": stopped})
@@ -290,17 +300,21 @@ def split_head_groups(groups: list[dict], model: TransferModel, head_lrs: dict[s
     return out + list(moved.values())
 
 
-def restore(state: dict[str, Any], model, optimizer, scheduler, kept: BestEpoch,
-            objective: Objective) -> tuple[int, bool]:
+def restore(state: dict[str, Any], model, optimizer, scheduler, kept: BestEpoch, objective: Objective,
+            sharded: bool = False) -> tuple[int, bool]:
     """Load a checkpoint's model, optimizer, schedule, RNG, objective and best-epoch state; returns
     (bad epochs, stopped)."""
     try:
-        model.load_state_dict(state["model"])
+        if sharded:  # the checkpoint holds full weights: each rank keeps its shard of them
+            load_full_state(model, optimizer, state["model"], state["optimizer"])
+        else:
+            model.load_state_dict(state["model"])
     except RuntimeError as e:  # another backbone, head size or strategy than the checkpoint's
         raise ConfigError(f"the run's checkpoint does not fit this model ({str(e).splitlines()[0]} ...); resume "
                           "with the backbone, classes and strategy the run started with, or start a new run "
                           "folder.") from None
-    optimizer.load_state_dict(state["optimizer"])
+    if not sharded:
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     objective.load_state_dict(state.get("objective", {}))
