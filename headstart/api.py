@@ -18,7 +18,7 @@ from .data.sources import resolve_source, source_modality
 from .data.tasks import combine_tasks, derive_tasks, table_tasks, tasks_of
 from .errors import ConfigError
 from .model import TransferModel, create_model
-from .objectives import Objective, multitask_objective, task_objective
+from .objectives import Objective, domain_term, multitask_objective, task_objective
 from .plan.auto import DECISION_FILE, choose
 from .plan.rank import rank as _rank
 from .run import RunFolder, RunResult, prepare_head, prepare_task_heads
@@ -29,7 +29,8 @@ from .strategies import get_strategy
 def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: str | Path = "runs/run",
         resume: bool = False, bn: str = "auto", augment: bool = True, record: RunConfig | None = None,
         weighting: str | dict[str, Any] = "equal", task_weights: dict[str, float] | None = None,
-        task_metrics: dict[str, list[str]] | None = None, **train: Any) -> RunResult:
+        task_metrics: dict[str, list[str]] | None = None, domain: str | None = None, domain_weight: float = 1.0,
+        **train: Any) -> RunResult:
     """Train `model` on `data` and write a run folder; returns the history and best/test metrics.
 
     Args:
@@ -42,6 +43,9 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         weighting, task_weights, task_metrics: multi-task data only (``hs.data.derive_tasks``,
             ``combine_tasks``, ``table_tasks``): how task losses combine (``equal``, ``fixed``, ``uncertainty``,
             ``dwa``, ``pcgrad``, or {"name": "dwa", "temperature": 2}), a weight per task, and metrics per task.
+        domain, domain_weight: unsupervised domain adaptation on data with unlabeled target inputs
+            (``hs.data.with_target``): ``dann``, ``cdan``, ``mcc``, ``coral`` or ``mmd``, added to the task loss
+            with this weight.
         **train: any ``train.*`` config key (epochs, lr, batch_size, precision, early_stopping={...}, ...)
             and any ``strategy.*`` option (trainable, unfreeze_every, lp_epochs, layer_decay, lora_r, budget...).
 
@@ -71,6 +75,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     prepare_head(model, data, settings.seed)
     objective = run_objective(model, data, loss_settings(train_cfg), weighting, task_weights, task_metrics,
                               settings.seed)
+    if domain is not None:
+        objective = objective.with_terms([adaptation_term(model, data, domain, settings.seed)], [domain_weight])
     record = resolved_record(record, model, data, chosen, augment, train_cfg, out)
     folder = RunFolder.open(out, record.model_dump(mode="json"), resume,
                             normalise=lambda saved: validate_config(saved).model_dump(mode="json"))
@@ -103,6 +109,14 @@ def run_objective(model: TransferModel, data: DataSplits, loss, weighting: str |
     if name == "pcgrad":
         options.setdefault("seed", seed)  # its random projection order follows the run's seed
     return multitask_objective(model, data.train.targets, loss, name, task_weights, task_metrics, **options)
+
+
+def adaptation_term(model: TransferModel, data: DataSplits, method: str, seed: int):
+    """A domain adaptation term for data with unlabeled target inputs."""
+    if data.unlabeled is None:
+        raise ConfigError(f"domain adaptation ({method}) trains on unlabeled target data beside the labelled "
+                          "source: give it with hs.data.with_target(data, target) (CLI: --target-data)")
+    return domain_term(method, model.spec.num_features, model.num_outputs, seed)
 
 
 def resolved_record(record: RunConfig | None, model: TransferModel, data: DataSplits, strategy, augment: bool,

@@ -175,6 +175,21 @@ def delta_m(multi: dict[str, float], single: dict[str, float], lower_is_better: 
     return 100.0 * sum(changes) / len(changes)
 
 
+def mean_entropy(logits: torch.Tensor) -> float:
+    """Mean entropy (nats) of the softmax predictions: a label-free validator, lower is more confident."""
+    p = logits.float().softmax(1)
+    return float(-(p * p.clamp_min(1e-12).log()).sum(1).mean())
+
+
+def information_maximization(logits: torch.Tensor) -> float:
+    """H(mean prediction) - mean H(prediction): high when predictions are confident and spread over the
+    classes (Gomes et al. 2010; Shi and Sha 2012). A label-free validator for unlabeled target data that, unlike
+    entropy alone, penalises collapsing onto one class."""
+    p = logits.float().softmax(1)
+    mean = p.mean(0)
+    return float(-(mean * mean.clamp_min(1e-12).log()).sum()) - mean_entropy(logits)
+
+
 def default_metrics(task: str, num_outputs: int) -> list[str]:
     if task == "regression":
         return ["mse", "mae"]

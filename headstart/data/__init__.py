@@ -1,7 +1,7 @@
 """Data: in-memory image and text sets, folder, array and table-file loaders, batch transforms, batch order, named data sets."""
 from .batches import epoch_permutation, iterate_batches, num_batches
 from .datasets import DATASETS, FASHION_MNIST_CLASSES, list_datasets, load
-from .splits import DataSplits, Split
+from .splits import DataSplits, Split, with_target
 from .images import (IMAGE_EXTENSIONS, ImageData, from_arrays, image_folder, images_to_uint8,
                      load_image_files, stratified_split, subsample_per_class)
 from .transforms import BatchTransform
@@ -17,6 +17,7 @@ __all__ = [
     "derive_tasks",
     "single_task",
     "table_tasks",
+    "with_target",
     "BATCHERS",
     "Batch",
     "FeatureBatcher",

@@ -73,3 +73,20 @@ class DataSplits:
                 raise DataError(f"the {part_name} part of data set {self.name!r} has classes {part.classes[:10]}, "
                                 f"but the data set's classes are {self.classes[:10]}; all parts must share "
                                 f"the same class list (same names, same order).")
+
+
+def with_target(data: DataSplits, target) -> DataSplits:
+    """`data` (the labelled source domain) with unlabeled target-domain inputs beside it, for domain adaptation.
+
+    `target` is a split or a DataSplits (its training part is used). Its labels, when it has the source's
+    classes, are kept for reporting only (``target/accuracy``: nothing trains or chooses with them).
+    """
+    part = target.train if isinstance(target, DataSplits) else target
+    if part is None or len(part) == 0:
+        raise DataError("the target data is empty; domain adaptation needs unlabeled target inputs (a folder, a "
+                        "table or a built-in data set with at least one batch of them)")
+    modality = target.modality if isinstance(target, DataSplits) else part.modality
+    if modality != data.modality:
+        raise DataError(f"the target data holds {modality} inputs and the source {data.modality}: one backbone "
+                        "reads one modality. Give target data of the source's kind.")
+    return DataSplits(data.train, data.val, data.test, data.classes, data.name, data.modality, unlabeled=part)

@@ -9,6 +9,7 @@ from .compose import Objective, Step, TaskTerm, Term
 from .tasks import OBJECTIVES, BinaryCrossEntropy, CrossEntropy, LossSettings, MeanSquaredError, \
     balanced_class_weights, balanced_pos_weights, task_loss
 from .weighting import WEIGHTINGS, Weighting, get_weighting
+from .domain import DOMAIN_TERMS, domain_term
 from ..data.tasks import labelled
 
 
@@ -34,5 +35,5 @@ def multitask_objective(model, targets: dict, settings: LossSettings = LossSetti
     return Objective(terms, weighting=get_weighting(weighting, list(heads), weights, **options))
 
 
-__all__ = ["WEIGHTINGS", "Weighting", "get_weighting", "multitask_objective", "OBJECTIVES", "BinaryCrossEntropy", "CrossEntropy", "LossSettings", "MeanSquaredError", "Objective", "Step",
+__all__ = ["DOMAIN_TERMS", "domain_term", "WEIGHTINGS", "Weighting", "get_weighting", "multitask_objective", "OBJECTIVES", "BinaryCrossEntropy", "CrossEntropy", "LossSettings", "MeanSquaredError", "Objective", "Step",
            "TaskTerm", "Term", "balanced_class_weights", "balanced_pos_weights", "task_loss", "task_objective"]

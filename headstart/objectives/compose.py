@@ -102,15 +102,37 @@ class Objective:
         return [t for t in self.terms if isinstance(t, TaskTerm)]
 
     def parameters(self) -> list[torch.Tensor]:
-        """Parameters the objective itself learns (a weighting's), optimised beside the model's."""
-        return self.weighting.parameters() if self.weighting is not None else []
+        """Parameters the objective itself learns (a weighting's, a domain discriminator's), optimised beside
+        the model's."""
+        own = self.weighting.parameters() if self.weighting is not None else []
+        return own + [p for t in self.terms if hasattr(t, "parameters") for p in t.parameters()]
+
+    def to(self, device) -> "Objective":
+        """Put the objective's own parameters and buffers where the model is."""
+        for p in self.weighting.parameters() if self.weighting is not None else []:
+            p.data = p.data.to(device)
+        for t in self.terms:
+            if hasattr(t, "to"):
+                t.to(device)
+        return self
+
+    def begin_epoch(self, epoch: int, epochs: int) -> None:
+        """Terms with a schedule over training (a reversal coefficient) read the progress here."""
+        for t in self.terms:
+            if hasattr(t, "begin_epoch"):
+                t.begin_epoch(epoch, epochs)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weighting": self.weighting.state_dict()} if self.weighting is not None else {}
+        state = {"weighting": self.weighting.state_dict()} if self.weighting is not None else {}
+        terms = {t.name: t.state_dict() for t in self.terms if hasattr(t, "state_dict") and t.state_dict()}
+        return state | ({"terms": terms} if terms else {})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.weighting is not None and "weighting" in state:
             self.weighting.load_state_dict(state["weighting"])
+        for t in self.terms:
+            if t.name in state.get("terms", {}):
+                t.load_state_dict(state["terms"][t.name])
 
     def task_weights(self) -> dict[str, float]:
         """The weighting's current weight of each task, as metrics-row entries (none without a weighting)."""

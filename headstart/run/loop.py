@@ -10,7 +10,7 @@ import torch.nn as nn
 from ..data.batcher import Batcher
 from ..data.tasks import labelled
 from ..errors import ConfigError, TrainingError
-from ..metrics import compute_metrics, default_metrics, delta_m
+from ..metrics import compute_metrics, default_metrics, delta_m, information_maximization, mean_entropy
 from ..objectives import Objective
 from ..runtime import autocast, predict_outputs, task_outputs
 
@@ -175,3 +175,16 @@ def evaluate_tasks(model: nn.Module, batcher: Batcher, tasks: dict, prefix: str,
 
 
 HEADLINE = {"classification": "accuracy", "multilabel": "mAP"}  # what tasks_mean averages
+
+
+def evaluate_target(model: nn.Module, batcher: Batcher, classes: list[str], **kwargs) -> dict[str, float]:
+    """Scores on the unlabeled target data of domain adaptation: the label-free validators (``target/entropy``,
+    lower is better; ``target/im``, higher is better) and, when the target data carries labels of the same
+    classes, the oracle ``target/accuracy`` (for reporting: a real target set has no labels to choose with)."""
+    outputs = predict_outputs(model, batcher, **kwargs)
+    scores = {"target/entropy": mean_entropy(outputs), "target/im": information_maximization(outputs)}
+    targets = batcher.data.targets
+    if list(getattr(batcher.data, "classes", [])) == list(classes) and not targets.is_floating_point() \
+            and targets.ndim == 1:
+        scores["target/accuracy"] = compute_metrics(outputs, targets, ["accuracy"])["accuracy"]
+    return scores

@@ -31,7 +31,7 @@ from .sharding import check_fsdp, full_optimizer_state, full_state, load_full_st
 from .dropout import install as install_fast_dropout
 from .folder import TEST_FILE, RunFolder, read_metrics
 from .inputs import EpochInputs
-from .loop import BadSteps, evaluate_split, train_epoch
+from .loop import BadSteps, evaluate_split, evaluate_target, train_epoch
 from .optim import build_optimizer, build_scheduler, regroup
 from .selection import BestEpoch, metric_setup, monitored_metric
 from .settings import TrainSettings, with_rates
@@ -87,8 +87,7 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
     # FSDP shards only contiguous parameters: channels_last weights are not (measured gain here: small).
     compute = Compute.prepare(replace(s, channels_last="off") if s.fsdp else s, model, device)
     check_memory(model, data, s, device)
-    for p in objective.parameters():  # a weighting's own parameters live where the model does
-        p.data = p.data.to(device)
+    objective.to(device)  # a weighting's or a discriminator's own parameters live where the model does
     world = accelerator.num_processes
     if world > 1:
         check_same_start(start_epoch, device)
@@ -127,6 +126,7 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
         metric_names = default_metrics(core.task, core.num_outputs)
         metric_names += [s.metric] if s.metric not in metric_names and core.task == "classification" else []
         evaluate.update(metric_setup(core.task, list(data.classes), data.train.targets, s.metric, s.positive_class))
+    target = make_batcher(data.unlabeled, core.spec, train=False) if data.unlabeled is not None else None
     show = s.progress and accelerator.is_main_process
     if show:
         processes = f", {world} processes x {rank_batch} per step (global batch {s.batch_size})" if world > 1 else ""
@@ -150,6 +150,7 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
                 if show:
                     print(f"epoch {epoch + 1}: trainable set changed\n" + trainable_summary(core, optimizer))
             t0 = time.perf_counter()
+            objective.begin_epoch(epoch, s.epochs)
             # Frozen parts compute the same thing every epoch: train on their cached outputs where exact.
             plan = inputs.for_epoch(core, compiled, epoch)
             row: dict[str, Any] = {"epoch": epoch + 1}
@@ -163,6 +164,9 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
             row["train_seconds"] = round(time.perf_counter() - t0, 3)
             row.update(evaluate_split(plan.eval_model, plan.val, metric_names, "val", objective,
                                       bf16=compute.bf16_eval and not plan.head_only, **evaluate))
+            if target is not None:  # domain adaptation: label-free validators (and the oracle, when labelled)
+                row.update(evaluate_target(plan.eval_model, target, list(data.classes), bf16=compute.bf16_eval,
+                                           **{k: evaluate[k] for k in ("batch_size", "channels_last", "device")}))
             row.update(objective.task_weights())  # the weights this epoch trained with
             objective.end_epoch(row)
             row.update(lr=optimizer.param_groups[-1]["lr"], seconds=round(time.perf_counter() - t0, 3),
