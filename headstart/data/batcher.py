@@ -132,11 +132,15 @@ class TwoStreamBatcher:
         self.labelled, self.unlabeled, self.name = labelled, unlabeled, name
         self.data = labelled.data
         self._perm = torch.arange(len(unlabeled.data))
+        self._augment = torch.Generator().manual_seed(0)
 
     def order(self, batch_size: int, shuffle: bool, seed: int, epoch: int, rank: int = 0,
               world_size: int = 1) -> list[torch.Tensor]:
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         self._perm = torch.randperm(len(self.unlabeled.data), generator=gen)
+        # The second stream draws its augmentation from its own generator: the labelled batches are
+        # augmented exactly as they would be without it.
+        self._augment = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 500_009)
         return self.labelled.order(batch_size, shuffle, seed, epoch, rank, world_size)
 
     def inputs(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> Any:
@@ -144,7 +148,8 @@ class TwoStreamBatcher:
 
     def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> Batch:
         batch = self.labelled.batch(idx, generator)
-        batch.streams[self.name] = self.unlabeled.inputs(self._perm[idx % len(self._perm)], generator)
+        own = self._augment if generator is not None else None
+        batch.streams[self.name] = self.unlabeled.inputs(self._perm[idx % len(self._perm)], own)
         return batch
 
 

@@ -98,6 +98,10 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
                                 s.lr, s.momentum)
     rank_batch = rank_batch_size(s.batch_size, world)  # train.batch_size is the global batch
     check_processes(len(data.train), rank_batch, world)
+    if data.unlabeled is not None and len(data.unlabeled) < rank_batch:
+        raise DataError(f"the unlabeled target data has {len(data.unlabeled)} samples, fewer than one batch "
+                        f"({rank_batch}): every batch would repeat them. Give more target data or a smaller "
+                        "train.batch_size.")
     steps = math.ceil(num_batches(len(data.train), rank_batch, world) / s.grad_accum)
     scheduler = build_scheduler(optimizer, steps * s.epochs, round(s.warmup_epochs * steps), s.scheduler)
     objective = objective.with_terms(strategy.regularizers(model))  # before any resume: L2-SP's w0 is pretrained
