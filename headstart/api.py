@@ -15,6 +15,7 @@ from .config import RunConfig, loss_settings, strategy_config, train_settings, v
 from .data import DataSplits
 from .data.datasets import DATASETS
 from .data.sources import resolve_source, source_modality
+from .data.splits import with_target
 from .data.tasks import combine_tasks, derive_tasks, table_tasks, tasks_of
 from .errors import ConfigError
 from .model import TransferModel, create_model
@@ -155,7 +156,15 @@ def resolved_model_config(cfg: RunConfig, model: TransferModel) -> RunConfig:
 
 def data_from_config(cfg: RunConfig, model: TransferModel) -> DataSplits:
     """The config's data source (a built-in data set, a text file or an image folder) as splits; with
-    `tasks`, multi-task data (see `tasks_from_config`)."""
+    `tasks`, multi-task data (see `tasks_from_config`); with `data.target`, unlabeled target-domain inputs
+    beside it."""
+    if cfg.data.target is not None:
+        d = cfg.data
+        source = data_from_config(cfg.model_copy(update={"data": d.model_copy(update={"target": None})}), model)
+        target = resolve_source(d.target, model.spec, seed=cfg.train.seed, text_column=d.text_column,
+                                label_column=d.label_column, max_bad_fraction=d.max_bad_fraction,
+                                val_fraction=d.val_fraction)
+        return with_target(source, target)
     if cfg.tasks:
         return tasks_from_config(cfg, model)
     d = cfg.data.require_source()
@@ -218,6 +227,9 @@ def fit_from_config(cfg: RunConfig, resume: bool = False, *, model: TransferMode
     """
     model = model if model is not None else model_from_config(cfg)
     data = data if data is not None else data_from_config(cfg, model)
+    if cfg.domain.method is not None and cfg.data.target is None:
+        raise ConfigError(f"domain.method {cfg.domain.method!r} adapts to unlabeled target data: give it with "
+                          "data.target (CLI: --target-data PATH or a built-in data set)")
     cfg = resolved_model_config(cfg, model)
     multi = {}
     if cfg.tasks:
@@ -230,6 +242,8 @@ def fit_from_config(cfg: RunConfig, resume: bool = False, *, model: TransferMode
     head_lrs = {t.name: t.lr for t in cfg.tasks if t.lr is not None}
     if head_lrs:
         train["head_lrs"] = {**(train["head_lrs"] or {}), **head_lrs}
+    if cfg.domain.method is not None:
+        multi |= {"domain": cfg.domain.method, "domain_weight": cfg.domain.weight}
     return fit(model, data, cfg.strategy.name, out=cfg.out, resume=resume, bn=cfg.strategy.bn,
                augment=cfg.data.augment, record=cfg, **multi, **cfg.strategy.options(), **train)
 

@@ -81,6 +81,12 @@ def _weightings():
     return WEIGHTINGS
 
 
+def _domains():
+    from .objectives import DOMAIN_TERMS
+
+    return DOMAIN_TERMS
+
+
 class _Catalog(dict):
     def get(self, what: str):  # type: ignore[override]
         from .registry import unknown_name
@@ -92,4 +98,4 @@ class _Catalog(dict):
 
 CATALOG = _Catalog(backbones=_backbones, strategies=_strategies, datasets=_registry(_datasets),
                    heads=_registry(_heads), metrics=_registry(_metrics), weights=_registry(_weights),
-                   scores=_registry(_scores), weightings=_registry(_weightings))
+                   scores=_registry(_scores), weightings=_registry(_weightings), domains=_registry(_domains))

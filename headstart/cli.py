@@ -51,6 +51,10 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
                                                           "task first (tasks)"),
         weighting: Optional[str] = typer.Option(None, help="multi-task: equal, fixed, uncertainty, dwa, pcgrad "
                                                            "(multitask.weighting)"),
+        target_data: Optional[str] = typer.Option(None, "--target-data", help="domain adaptation: unlabeled "
+                                                  "target data, a built-in data set, folder or table (data.target)"),
+        objective: Optional[str] = typer.Option(None, help="domain adaptation term: coral, mmd, dann, cdan, mcc "
+                                                           "(domain.method)"),
         strategy: Optional[str] = typer.Option(None, help="linear-probe, full, ... (strategy.name)"),
         epochs: Optional[int] = typer.Option(None, help="train.epochs"),
         budget: Optional[str] = typer.Option(None, help="time budget for --strategy auto, e.g. 10m (strategy.budget)"),
@@ -89,6 +93,7 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
     for key, value in (("model.backbone", backbone), ("model.weights", weights), ("strategy.name", strategy),
                        ("train.epochs", epochs), ("strategy.budget", budget), ("train.metric", metric),
                        ("train.positive_class", positive_class), ("multitask.weighting", weighting),
+                       ("data.target", target_data), ("domain.method", objective),
                        ("out", out or (str(resume) if resume else None))):
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -289,7 +294,8 @@ def prediction_cells(pred) -> tuple[str, str]:
 @app.command()
 @guarded
 def demo(kind: str = typer.Argument("image", help="image (EfficientNet-Lite0 on Fashion-MNIST), text (MiniLM on "
-                                                   "BBC News) or multitask (Fashion-MNIST items and kinds)"),
+                                                   "BBC News), multitask (Fashion-MNIST items and kinds) or domain "
+                                                   "(scikit-learn digits to OpenCV digits)"),
          out: Optional[str] = typer.Option(None, help="run folder (a new one if it exists); default runs/demo "
                                                       "or runs/demo-text"),
          subset: Optional[int] = typer.Option(None, help="training examples per class (image default 200, "
@@ -298,7 +304,7 @@ def demo(kind: str = typer.Argument("image", help="image (EfficientNet-Lite0 on 
     """A pretrained backbone fine-tuned on real data, the whole workflow in minutes: `headstart demo` is
     EfficientNet-Lite0 (ImageNet weights) on Fashion-MNIST, `headstart demo text` MiniLM on BBC News,
     `headstart demo multitask` one Lite0 with two heads: the ten Fashion-MNIST items and four kinds."""
-    from .demo import run_demo, run_multitask_demo, run_text_demo
+    from .demo import run_demo, run_domain_demo, run_multitask_demo, run_text_demo
 
     if kind == "image":
         run_demo(out or "runs/demo", subset=subset or 200, epochs=epochs or 3)
@@ -306,8 +312,10 @@ def demo(kind: str = typer.Argument("image", help="image (EfficientNet-Lite0 on 
         run_text_demo(out or "runs/demo-text", subset=subset, epochs=epochs or 2)
     elif kind == "multitask":
         run_multitask_demo(out or "runs/demo-multitask", subset=subset or 200, epochs=epochs or 3)
+    elif kind == "domain":
+        run_domain_demo(out or "runs/demo-domain", subset=subset or 100, epochs=epochs or 6)
     else:
-        fail(f"unknown demo {kind!r}; choose image (the default), text or multitask")
+        fail(f"unknown demo {kind!r}; choose image (the default), text, multitask or domain")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -346,8 +354,8 @@ def rank(ctx: typer.Context,
 
 @app.command(name="list")
 @guarded
-def list_(what: str = typer.Argument(..., help="backbones, strategies, datasets, heads, metrics, weights or "
-                                               "weightings"),
+def list_(what: str = typer.Argument(..., help="backbones, strategies, datasets, heads, metrics, weights, "
+                                               "weightings or domains"),
           pattern: str = typer.Argument("*", help="wildcard filter, e.g. 'timm:resnet*'")) -> None:
     """List registered names."""
     from .catalog import CATALOG

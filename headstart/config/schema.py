@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model,
 from pydantic_core import PydanticCustomError
 
 from ..errors import ConfigError
-from ..objectives import WEIGHTINGS, LossSettings
+from ..objectives import DOMAIN_TERMS, WEIGHTINGS, LossSettings
 from ..options import declared
 from ..run.settings import TrainSettings
 from ..strategies import STRATEGIES, StrategyOptions, strategy_options
@@ -117,7 +117,8 @@ class DataConfig(_Section):
     multi_label: bool = False  # labels are lists (JSONL/Parquet lists, JSON list strings, or label_delimiter)
     label_delimiter: str | None = Field(None, min_length=1)  # e.g. ";" for "sport;politics"; implies multi_label
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # text files without test_path: stratified test hold-out
-    max_bad_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # image folders: unreadable files skipped up to this
+    max_bad_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    target: str | None = None  # domain adaptation: unlabeled target data (a built-in data set, folder or table)  # image folders: unreadable files skipped up to this
 
     @field_validator("text_column")
     @classmethod
@@ -200,6 +201,20 @@ class MultitaskConfig(_Section):
     def _known_weighting(cls, value: str) -> str:
         if value not in WEIGHTINGS:
             raise ValueError(WEIGHTINGS.unknown_message(value))
+        return value
+
+
+class DomainConfig(_Section):
+    """Unsupervised domain adaptation (objectives/domain.py): a term on unlabeled target data (data.target)."""
+
+    method: str | None = None  # coral, mmd, dann, cdan, mcc (headstart list domains)
+    weight: float = Field(1.0, ge=0.0)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str | None) -> str | None:
+        if value is not None and value not in DOMAIN_TERMS:
+            raise ValueError(DOMAIN_TERMS.unknown_message(value))
         return value
 
 
@@ -298,6 +313,7 @@ def _run_config(strategies: tuple[str, ...]) -> type[BaseModel]:
                         train=(TrainConfig, Field(default_factory=TrainConfig)),
                         tasks=(list[TaskConfig], Field(default_factory=list)),
                         multitask=(MultitaskConfig, Field(default_factory=MultitaskConfig)),
+                        domain=(DomainConfig, Field(default_factory=DomainConfig)),
                         out=(str, Field("runs/run", min_length=1)))
 
 
