@@ -194,7 +194,7 @@ def test_unknown_top_level_key_suggests_section():
         load_config(overrides=["lr=0.1"])
     msg = str(exc.value)
     assert "Did you mean 'train.lr'?" in msg
-    assert "data, model, multitask, out, strategy, tasks, train" in msg
+    assert "data, domain, model, multitask, out, strategy, tasks, train" in msg
 
 
 def test_unknown_key_in_yaml_names_close_match_and_valid_keys(tmp_path):
