@@ -1,10 +1,11 @@
 """Domain adaptation benchmark: source-only training against every adaptation term, on digit domain pairs.
 
-    python bench/domain.py                       # both pairs, 3 seeds (about 35 min on 2 idle cores)
+    python bench/domain.py                       # every pair, 3 seeds (about 25 min on 2 idle cores)
     python bench/domain.py --pairs digits-opencv # one pair
     python bench/domain.py --quick               # smoke test
 
-Pairs: scikit-learn digits (8x8, scanned in 1998) -> OpenCV's digits (20x20, MNIST-style), and the reverse.
+Pairs: scikit-learn digits (8x8, scanned in 1998) -> OpenCV's digits (20x20, MNIST-style), the reverse, and
+clean -> corrupted Fashion-MNIST (`fashion-mnist-corrupted`: blur, half contrast, noise; seeded and fixed).
 EfficientNet-Lite0 (ImageNet weights, 32 px) fine-tuned whole for 6 epochs on 100 labelled source images per
 class, with 100 unlabeled target images per class beside them; the target labels are used only to report
 accuracy. Each epoch logs the source val accuracy, the label-free validators on the target data (information
@@ -24,9 +25,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, run_worker, save  # noqa: E402
+from common import RESULTS, machine, run_worker, save  # noqa: E402
 
-PAIRS = {"digits-opencv": ("digits", "opencv-digits"), "opencv-digits": ("opencv-digits", "digits")}
+PAIRS = {"digits-opencv": ("digits", "opencv-digits"), "opencv-digits": ("opencv-digits", "digits"),
+         "fmnist-corrupted": ("fashion-mnist", "fashion-mnist-corrupted")}
 METHODS = ["source-only", "coral", "mmd", "dann", "cdan", "mcc"]
 SEEDS = [0, 1, 2]
 
@@ -103,8 +105,10 @@ def main() -> None:
         print(json.dumps(worker(args.pair, args.method, args.seed, args.quick)))
         return
     seeds = [0] if args.quick else SEEDS
-    results = []
     name = "domain_quick" if args.quick else "domain"
+    previous = RESULTS / f"{name}.json"  # a partial run (--pairs) keeps the other pairs' runs
+    results = [r for r in json.loads(previous.read_text())["runs"] if r["pair"] not in args.pairs] \
+        if previous.is_file() else []
     for pair in args.pairs:
         for seed in seeds:
             for method in METHODS:

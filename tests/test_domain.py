@@ -181,3 +181,23 @@ def test_cli_adapts_to_a_target_folder(tmp_path):
     res = runner.invoke(app, args + ["--target-data", str(tmp_path / "tgt"), "--objective", "danm",
                                      "--out", str(tmp_path / "bad2")])
     assert res.exit_code == 2 and "Did you mean 'dann'" in res.output
+
+
+def test_corruption_is_fixed_and_shifts_the_pixels():
+    from headstart.data.datasets import corrupt
+
+    x = torch.from_numpy(separable_images(4)[0]).permute(0, 3, 1, 2).contiguous()
+    a, b = corrupt(x, 1), corrupt(x, 1)
+    assert torch.equal(a, b) and a.dtype == torch.uint8 and a.shape == x.shape
+    assert not torch.equal(a, corrupt(x, 2))  # the noise follows the seed
+    assert (a.float() - 127.5).abs().mean() < (x.float() - 127.5).abs().mean()  # contrast halved
+
+
+@pytest.mark.real
+def test_corrupted_fashion_mnist_keeps_the_images_order_and_labels():
+    clean = hs.datasets.load("fashion-mnist", subset=5, test_subset=5)
+    shifted = hs.datasets.load("fashion-mnist-corrupted", subset=5, test_subset=5)
+    again = hs.datasets.load("fashion-mnist-corrupted", subset=5, test_subset=5)
+    assert torch.equal(shifted.train.targets, clean.train.targets) and torch.equal(shifted.test.images,
+                                                                                    again.test.images)
+    assert shifted.train.images.float().std() < 0.7 * clean.train.images.float().std()

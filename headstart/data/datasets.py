@@ -158,6 +158,34 @@ def fashion_mnist(val_fraction: float = 0.1, seed: int = 0, root: str | os.PathL
     return DataSplits(train, val, test, classes, name="fashion-mnist")
 
 
+def corrupt(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A seeded shift of uint8 images (N, C, H, W), the same for every run: a 3x3 box blur, contrast halved
+    around mid-grey, then Gaussian noise of standard deviation 25 (of 255). The target domain of
+    `fashion-mnist-corrupted`: a camera softer, flatter and noisier than the one the training images came from."""
+    x = images.float()
+    kernel = torch.ones(x.shape[1], 1, 3, 3) / 9.0
+    x = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), kernel,
+                                   groups=x.shape[1])
+    x = 127.5 + 0.5 * (x - 127.5)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)) * 25.0
+    return (x + noise).round().clamp(0, 255).to(torch.uint8)
+
+
+@DATASETS.register("fashion-mnist-corrupted")
+def fashion_mnist_corrupted(val_fraction: float = 0.1, seed: int = 0,
+                            root: str | os.PathLike | None = None) -> DataSplits:
+    """Fashion-MNIST through a fixed, seeded corruption (`corrupt`: blur, half contrast, noise): the target
+    domain of the clean -> corrupted pair (`hs.data.with_target(fashion-mnist, fashion-mnist-corrupted)`). The
+    same images and splits as `fashion-mnist`; the corruption does not depend on `seed`."""
+    clean = fashion_mnist(val_fraction, seed, root)
+
+    def part(data: ImageData | None, offset: int) -> ImageData | None:
+        return None if data is None else ImageData(corrupt(data.images, offset), data.targets, list(data.classes))
+
+    return DataSplits(part(clean.train, 1), part(clean.val, 2), part(clean.test, 3), clean.classes,
+                      name="fashion-mnist-corrupted")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # scikit-learn's 8x8 digits (ships inside scikit-learn)
 
