@@ -42,6 +42,32 @@ def run_two_processes(script_template: str, tmp_path) -> None:
 os.environ["HEADSTART_CACHE"] = tempfile.mkdtemp(prefix="headstart-test-cache-")
 
 
+def killed_and_resumed(run, kill_epoch: int):
+    """`run(resume)` killed in epoch `kill_epoch` (0-based: a KeyboardInterrupt raised there, as a kill ends
+    it), then run again with resume=True; returns what the resumed run returns."""
+    import headstart.run.trainer as trainer
+
+    real = trainer.train_epoch
+
+    def killed(*args, **kwargs):
+        if kwargs["epoch"] == kill_epoch:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    trainer.train_epoch = killed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(False)
+    finally:
+        trainer.train_epoch = real
+    return run(True)
+
+
+def without_timings(rows: list[dict]) -> list[dict]:
+    """Metrics rows without their wall-clock columns (the only ones a resumed run may change)."""
+    return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]
+
+
 def separable_images(n_per_class: int = 24, classes: int = 3, size: int = 16, seed: int = 0) -> tuple:
     """Images whose class is written in their mean colour: any backbone can separate them."""
     rng = np.random.default_rng(seed)

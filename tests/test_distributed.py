@@ -85,23 +85,16 @@ def test_two_processes_train_what_one_process_trains_for_every_strategy(tmp_path
 
 
 RESUME_SCRIPT = PREAMBLE + """
-from headstart.run import loop
-import headstart.run.trainer as trainer
+from conftest import killed_and_resumed
 args = dict(SAME, epochs=3)
 hs.fit(make(), data, "lp-ft", lp_epochs=1, out={out!r} + "/whole", **args)
-real = loop.train_epoch
-def killed(*a, **kw):
-    if kw["epoch"] == 2:
-        raise KeyboardInterrupt("killed")
-    return real(*a, **kw)
-trainer.train_epoch = killed
-try:
-    hs.fit(make(), data, "lp-ft", lp_epochs=1, out={out!r} + "/part", **args)
-except KeyboardInterrupt:
-    pass
-torch.distributed.barrier()  # a real kill ends every process; here rank 0 must finish its checkpoint first
-trainer.train_epoch = real
-hs.fit(make(), data, "lp-ft", lp_epochs=1, out={out!r} + "/part", resume=True, **args)
+
+def run(resume):
+    if resume:  # a real kill ends every process; here rank 0 must finish its checkpoint first
+        torch.distributed.barrier()
+    return hs.fit(make(), data, "lp-ft", lp_epochs=1, out={out!r} + "/part", resume=resume, **args)
+
+killed_and_resumed(run, kill_epoch=2)
 """
 
 
@@ -184,27 +177,19 @@ def test_every_launcher_starts_two_ranks_that_write_one_run(tmp_path, launcher):
 
 
 FSDP_SCRIPT = PREAMBLE + """
-from headstart.run import loop
-import headstart.run.trainer as trainer
 from headstart.run.sharding import is_sharded
 for name, options in (("full", {{}}), ("partial", {{"trainable": "last:1"}})):
     model = make()
     hs.fit(model, data, name, out={out!r} + "/" + name, fsdp=True, **options, **SAME)
     assert is_sharded(model)
-    torch.save({{"sharded": True}}, {out!r} + "/" + name + "-done" + rank)
-real = loop.train_epoch
-def killed(*a, **kw):
-    if kw["epoch"] == 2:
-        raise KeyboardInterrupt("killed")
-    return real(*a, **kw)
-trainer.train_epoch = killed
-try:
-    hs.fit(make(), data, "full", out={out!r} + "/part", fsdp=True, **SAME)
-except KeyboardInterrupt:
-    pass
-torch.distributed.barrier()  # a real kill ends every process; here rank 0 must finish its checkpoint first
-trainer.train_epoch = real
-hs.fit(make(), data, "full", out={out!r} + "/part", resume=True, fsdp=True, **SAME)
+from conftest import killed_and_resumed
+
+def run(resume):
+    if resume:
+        torch.distributed.barrier()
+    return hs.fit(make(), data, "full", out={out!r} + "/part", resume=resume, fsdp=True, **SAME)
+
+killed_and_resumed(run, kill_epoch=2)
 """
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import headstart as hs
-from conftest import separable_images
+from conftest import killed_and_resumed, separable_images, without_timings
 from headstart.data import from_arrays, with_target
 from headstart.errors import ConfigError, DataError
 from headstart.objectives.domain import (DOMAIN_TERMS, DANN, class_confusion, coral, mmd, ramp, reverse_gradient)
@@ -105,26 +105,13 @@ def test_every_method_trains_and_logs_its_term(tmp_path, method):
     assert all(0.0 <= r["target/accuracy"] <= 1.0 for r in rows)
 
 
-def test_resumed_adaptation_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
-    from headstart.run import loop
-
+def test_resumed_adaptation_run_equals_an_uninterrupted_one(tmp_path):
     data = adaptation_data()
     args = dict(epochs=3, domain="dann", **FAST)
     full = hs.fit(make(), data, "full", out=tmp_path / "a", **args)
-    real = loop.train_epoch
-
-    def crash(*a, **kw):
-        if kw["epoch"] == 2:
-            raise KeyboardInterrupt("killed")
-        return real(*a, **kw)
-
-    monkeypatch.setattr("headstart.run.trainer.train_epoch", crash)
-    with pytest.raises(KeyboardInterrupt):
-        hs.fit(make(), data, "full", out=tmp_path / "b", **args)
-    monkeypatch.setattr("headstart.run.trainer.train_epoch", real)
-    resumed = hs.fit(make(), data, "full", out=tmp_path / "b", resume=True, **args)
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]  # noqa: E731
-    assert strip(resumed.history) == strip(full.history)
+    resumed = killed_and_resumed(lambda resume: hs.fit(make(), data, "full", out=tmp_path / "b", resume=resume,
+                                                       **args), kill_epoch=2)
+    assert without_timings(resumed.history) == without_timings(full.history)
 
 
 def test_target_data_of_another_size_or_channel_count_goes_through_the_transforms(tmp_path):

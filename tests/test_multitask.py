@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import headstart as hs
-from conftest import separable_images
+from conftest import killed_and_resumed, separable_images, without_timings
 from headstart.config import validate_config
 from headstart.data import Batch, TextData, from_arrays, from_texts, make_batcher
 from headstart.data.tasks import MultiTaskSplit, Task, combine_tasks, derive_tasks, labelled, table_tasks
@@ -272,9 +272,7 @@ def test_multitask_bundle_reloads_and_predicts_every_task(tmp_path):
 
 
 @pytest.mark.parametrize("weighting", ["dwa", "uncertainty", "pcgrad"])
-def test_resumed_multitask_run_equals_an_uninterrupted_one(tmp_path, monkeypatch, weighting):
-    from headstart.run import loop
-
+def test_resumed_multitask_run_equals_an_uninterrupted_one(tmp_path, weighting):
     data = two_tasks()
     args = dict(epochs=3, weighting=weighting, **FAST)
 
@@ -283,20 +281,9 @@ def test_resumed_multitask_run_equals_an_uninterrupted_one(tmp_path, monkeypatch
         return hs.create_model("toy:cnn", dropout=0.3)
 
     full = hs.fit(make(), data, "full", out=tmp_path / "a", **args)
-    real_epoch = loop.train_epoch
-
-    def crash_in_epoch_3(*a, **kw):
-        if kw["epoch"] == 2:
-            raise KeyboardInterrupt("killed")
-        return real_epoch(*a, **kw)
-
-    monkeypatch.setattr("headstart.run.trainer.train_epoch", crash_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        hs.fit(make(), data, "full", out=tmp_path / "b", **args)
-    monkeypatch.setattr("headstart.run.trainer.train_epoch", real_epoch)
-    resumed = hs.fit(make(), data, "full", out=tmp_path / "b", resume=True, **args)
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]  # noqa: E731
-    assert strip(resumed.history) == strip(full.history)
+    resumed = killed_and_resumed(lambda resume: hs.fit(make(), data, "full", out=tmp_path / "b", resume=resume,
+                                                       **args), kill_epoch=2)
+    assert without_timings(resumed.history) == without_timings(full.history)
     assert full.history[-1]["train/weight/item"] != 1.0 or weighting == "pcgrad"  # the state did carry over
 
 
