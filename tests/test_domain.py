@@ -188,3 +188,30 @@ def test_corrupted_fashion_mnist_keeps_the_images_order_and_labels():
     assert torch.equal(shifted.train.targets, clean.train.targets) and torch.equal(shifted.test.images,
                                                                                     again.test.images)
     assert shifted.train.images.float().std() < 0.7 * clean.train.images.float().std()
+
+
+DDP_SCRIPT = """
+import os, sys, torch
+sys.path.insert(0, {tests!r})
+import headstart as hs
+from test_domain import adaptation_data, make, FAST
+data = adaptation_data()
+for method in ("dann", "mcc"):
+    model = make()
+    run = hs.fit(model, data, "full", out={out!r} + "/" + method, epochs=2, domain=method, **FAST)
+    torch.save({{"model": model.state_dict(), "history": run.history}},
+               {out!r} + "/" + method + "-rank" + os.environ["RANK"] + ".pt")
+"""
+
+
+def test_adaptation_under_ddp_keeps_every_rank_in_sync(tmp_path):
+    # The target batch runs through the model outside DDP's wrapper: its gradient joins the source's in each
+    # parameter's one accumulation, which DDP then reduces; the discriminator's gradients the loop averages.
+    from conftest import run_two_processes
+
+    run_two_processes(DDP_SCRIPT, tmp_path)
+    for method in ("dann", "mcc"):
+        a, b = (torch.load(tmp_path / f"{method}-rank{r}.pt") for r in (0, 1))
+        assert [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])
+                and "running" not in k and "num_batches" not in k] == [], method
+        assert a["history"] == b["history"]
