@@ -34,3 +34,26 @@ def test_demo_end_to_end(tmp_path):
     res = runner.invoke(app, command[:3])  # predict RUN SAMPLES, printed to stdout
     assert res.exit_code == 0, res.output
     assert len(res.output.strip().splitlines()) == 8
+
+
+def test_multitask_demo_trains_both_heads_and_predicts_every_task(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["demo", "multitask", "--out", str(tmp_path / "demo"), "--subset", "10", "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    found = re.search(r"test accuracy item ([0-9.]+), kind ([0-9.]+)", res.output)
+    assert found and float(found.group(2)) > 0.25  # four kinds: chance is about 0.25 (and tops are half the data)
+    command = re.search(r"predict with it: headstart (predict .*)", res.output).group(1).split()
+    res = runner.invoke(app, command[:3])
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 16 and {line.split(",")[1] for line in lines} == {"item", "kind"}
+
+
+def test_domain_demo_reports_target_accuracy(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["demo", "domain", "--out", str(tmp_path / "demo"), "--subset", "10", "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    acc = float(re.search(r"target accuracy ([0-9.]+) on \d+ unlabeled opencv-digits images", res.output).group(1))
+    assert 0.0 <= acc <= 1.0
+    rows = hs.run.read_metrics(tmp_path / "demo")
+    assert "train/domain/dann" in rows[0] and "target/im" in rows[0]
