@@ -63,6 +63,12 @@ def killed_and_resumed(run, kill_epoch: int):
     return run(True)
 
 
+def differing_weights(a: dict, b: dict) -> list[str]:
+    """Names of the weights that differ between two state dicts, BatchNorm statistics left out (under DDP each
+    rank keeps its own)."""
+    return [k for k in a if not torch.equal(a[k], b[k]) and "running" not in k and "num_batches" not in k]
+
+
 def without_timings(rows: list[dict]) -> list[dict]:
     """Metrics rows without their wall-clock columns (the only ones a resumed run may change)."""
     return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]

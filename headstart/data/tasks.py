@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -140,9 +141,6 @@ class MultiTaskSplit:
         if self.sources is not None:
             hash_tensor(h, self.sources)
         return h.hexdigest()
-
-    def labelled_count(self, task: str) -> int:
-        return int(labelled(self.targets[task]).sum())
 
     def batch_order(self, batch_size: int, shuffle: bool, seed: int, epoch: int, rank: int = 0,
                     world_size: int = 1) -> list[torch.Tensor] | None:
@@ -479,6 +477,4 @@ def table_tasks(path, tasks: Mapping[str, str | Mapping[str, Any] | None], text_
     if "val" not in parts and val_fraction:
         keep, held = stratified_split(strat, val_fraction, seed)
         train, parts["val"] = train.subset(keep), train.subset(held)
-    from pathlib import Path
-
     return DataSplits(train, parts.get("val"), parts.get("test"), train.classes, name or Path(path).stem, "text")

@@ -17,9 +17,6 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 
-FULL = None  # StateDictOptions(full_state_dict=True, cpu_offload=True), built lazily (torch.distributed import)
-
-
 def check_fsdp(strategy, model, settings, world: int, objective) -> None:
     """Refuse what FSDP cannot run here, with what to do instead."""
     problems = []
@@ -40,12 +37,10 @@ def check_fsdp(strategy, model, settings, world: int, objective) -> None:
 
 
 def _full_options():
-    global FULL
-    if FULL is None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions
+    """Gather whole tensors onto rank 0's CPU."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-        FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return FULL
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def shard(model: nn.Module) -> list[str]:

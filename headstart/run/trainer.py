@@ -123,6 +123,9 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
     evaluate = dict(batch_size=s.eval_batch_size, channels_last=compute.channels_last, device=device)
     if multitask:  # each task scored on its own labelled samples (loop.evaluate_tasks)
         metric_names, evaluate["tasks"], evaluate["references"] = [], core.head_tasks(), s.task_references
+        missing = sorted(set(evaluate["tasks"]) - set(s.task_references or evaluate["tasks"]))
+        if missing:
+            raise ConfigError(f"train.task_references needs every task's single-task value; missing {missing}")
     elif s.task_references:
         raise ConfigError("train.task_references compare a multi-task run's tasks with single-task models; this "
                           "run has one task")
