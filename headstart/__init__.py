@@ -14,8 +14,9 @@ from .backbones import BackboneSpec, ImagePreprocessing, TextPreprocessing, crea
 from .data import datasets
 from .errors import BundleError, ConfigError, DataError, HeadstartError
 from .inference import Predictor, evaluate, load
+from .export import export
 from .model import TransferModel, create_model
-from .api import fit, rank
+from .api import fit, lr_find, rank, write_report
 from .plan.rank import RankResult
 from .run import RunResult
 from .strategies import trainable_summary
@@ -23,5 +24,5 @@ from .strategies import trainable_summary
 __version__ = "0.1.0"
 
 __all__ = ["BackboneSpec", "BundleError", "ConfigError", "DataError", "HeadstartError", "ImagePreprocessing", "Predictor", "RunResult",
-           "TextPreprocessing", "TransferModel", "create_backbone", "create_model", "data", "datasets", "evaluate", "fit",
-           "list_backbones", "load", "rank", "RankResult", "trainable_summary"]
+           "TextPreprocessing", "TransferModel", "create_backbone", "create_model", "data", "datasets", "evaluate", "export", "fit",
+           "list_backbones", "load", "lr_find", "rank", "RankResult", "trainable_summary", "write_report"]

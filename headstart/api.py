@@ -6,22 +6,27 @@ This layer turns keyword arguments and configs into validated plain objects (a `
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, loss_settings, strategy_config, train_settings, validate_config
+from .bundle import load_model
+from .config import RunConfig, load_config, loss_settings, strategy_config, train_settings, validate_config
 from .data import DataSplits
 from .data.datasets import DATASETS
 from .data.sources import resolve_source, source_modality
 from .data.splits import with_target
 from .data.tasks import combine_tasks, derive_tasks, table_tasks, tasks_of
-from .errors import ConfigError
+from .errors import ConfigError, HeadstartError
 from .model import TransferModel, create_model
 from .objectives import Objective, domain_term, multitask_objective, task_objective
 from .plan.auto import DECISION_FILE, choose
+from .plan.lr_find import SWEEP_DEFAULTS, LRFind, check_range, find_lr
 from .plan.rank import rank as _rank
+from .report import check_run, report_after_fit
+from .report import write_report as _write_report
 from .run import RunFolder, RunResult, prepare_head, prepare_task_heads
 from .run import fit as run_fit
 from .strategies import get_strategy
@@ -57,6 +62,7 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     options = {k: train.pop(k) for k in list(train) if k in strategy_config().model_fields and k != "name"}
     chosen = validate_config({"strategy": {"name": strategy, "bn": bn, **options}}).strategy
     decision = None
+    given_head_lr = train.get("head_lr")  # before auto adds its own: lr "auto" sets head_lr itself
     if chosen.name == "auto" and tasks_of(data) is not None:
         raise ConfigError("strategy 'auto' chooses for single-task data; name a strategy for a multi-task run "
                           "(full, partial, lora, lp-ft, ...)")
@@ -70,6 +76,9 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         if train.get("progress", True):
             print(decision.explain())
     train_cfg = validate_config({"train": train}).train
+    lr_auto = train_cfg.lr == "auto"
+    if lr_auto:  # the finder scales the rates the run would otherwise use (auto's, or the strategy's defaults)
+        train_cfg = lr_reference(train_cfg, decision, given_head_lr)
     settings = train_settings(train_cfg)
     plan = get_strategy(chosen.name, bn=bn, **chosen.options())
     plan.check_schedule(settings.epochs)
@@ -78,16 +87,115 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
                               settings.seed)
     if domain is not None:
         objective = objective.with_terms([adaptation_term(model, data, domain, settings.seed)], [domain_weight])
+    found = None
+    if lr_auto:
+        found = LRFind.read(out) if resume else None  # a resumed run keeps the rate it started with
+        if found is None:
+            found = find_lr(model, data, plan, objective, settings, augment=augment, progress=settings.progress)
+        if settings.progress:
+            print(found.explain())
+        train_cfg = train_cfg.model_copy(update={"lr": found.lr, "head_lr": found.head_lr})
+        settings = train_settings(train_cfg)
     record = resolved_record(record, model, data, chosen, augment, train_cfg, out)
     folder = RunFolder.open(out, record.model_dump(mode="json"), resume,
                             normalise=lambda saved: validate_config(saved).model_dump(mode="json"))
     try:
         if decision is not None and folder.writes:
             folder.write_text(DECISION_FILE, json.dumps(decision.to_dict(), indent=2))
+        if found is not None and folder.writes:
+            found.write(folder.path)
     except BaseException:
         folder.close()
         raise
-    return run_fit(model, data, plan, objective, settings, folder, augment=augment)
+    writes = folder.writes  # the folder's holder (rank 0 under torchrun) writes the report
+    result = run_fit(model, data, plan, objective, settings, folder, augment=augment)
+    if settings.report and writes:
+        result.extra["report"] = report_after_fit(result.run_dir, data,
+                                                  model.backbone.net if model.spec.is_custom else None)
+    return result
+
+
+def write_report(run_dir: str | Path, data: DataSplits | None = None) -> Path:
+    """(Re)write a run folder's report.html; returns its path. Without `data`, the run's data is reloaded as
+    its config.yaml names it (``headstart report RUN``); data that config cannot name (in-memory arrays) must
+    be given for the sections that score the best model."""
+    run, note = check_run(run_dir), None
+    if data is None and (run / "best").is_dir():
+        try:
+            cfg = load_config(run / "config.yaml")
+            data = data_from_config(cfg, load_model(run / "best"))
+        except HeadstartError as e:
+            note = (f"the run's data could not be reloaded from its config.yaml ({e}); pass it: "
+                    "hs.write_report(run, data)")
+    return _write_report(run, data, data_note=note)
+
+
+def lr_reference(train_cfg, decision, given_head_lr: float | None):
+    """The validated train section of an ``lr: auto`` run with the rates the finder scales together (their
+    ratio kept): auto's choice, or None for the strategy's defaults."""
+    if given_head_lr is not None:
+        raise ConfigError(f"train.lr 'auto' sets train.head_lr too (keeping the strategy's head-to-backbone ratio), "
+                          f"but head_lr is set to {given_head_lr:g}; leave head_lr unset, or set train.lr to a number")
+    rates = {k: (decision.train.get(k) if decision is not None else None) for k in ("lr", "head_lr")}
+    return train_cfg.model_copy(update=rates)
+
+
+def lr_find(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: str | Path | None = None,
+            bn: str = "auto", augment: bool = True, sweeps: int | None = None, steps: int | None = None,
+            min_lr: float | None = None, max_lr: float | None = None, **train: Any) -> LRFind:
+    """Find a learning rate for training `model` on `data` with `strategy`: several short seeded range tests
+    (plan/lr_find.py); returns the band of their suggestions and the suggested rates. With `out`, writes
+    lr_find.json and lr_find.png there. The model is left as it was (a head-less model gets the head `fit`
+    would give it on a copy).
+
+    Args:
+        strategy: a registered strategy name; its trainable set and optimizer groups are what the tests train.
+        sweeps, steps, min_lr, max_lr: the tests (default: 3 sweeps of 80 steps from 1e-6 to 10).
+        **train: ``train.*`` keys (batch_size, optimizer, weight_decay, seed, head_lr, ...) and ``strategy.*``
+            options, as for `fit`.
+
+    Example:
+        found = lr_find(model, data, "full", batch_size=32, out="runs/lr")   # headstart.api.lr_find
+        run = hs.fit(model, data, "full", lr=found.lr)
+    """
+    options = {k: train.pop(k) for k in list(train) if k in strategy_config().model_fields and k != "name"}
+    chosen = validate_config({"strategy": {"name": strategy, "bn": bn, **options}}).strategy
+    if chosen.name == "auto":
+        raise ConfigError("lr-find sweeps one named strategy; for strategy auto, train with lr 'auto' "
+                          "(hs.fit(model, data, 'auto', lr='auto'); CLI: --strategy auto --lr auto): the finder "
+                          "then runs on the strategy auto chooses")
+    if tasks_of(data) is not None or data.unlabeled is not None:
+        raise ConfigError("lr-find sweeps single-task runs; for multi-task or domain-adaptation data train with "
+                          "lr 'auto' (hs.fit(..., lr='auto')), which sweeps the run's own objective")
+    rates = {"lr": None if train.get("lr") == "auto" else train.get("lr")}  # a number: its head ratio is kept
+    train_cfg = validate_config({"train": {**train, **rates}}).train
+    settings = train_settings(train_cfg)
+    plan = get_strategy(chosen.name, bn=bn, **chosen.options())
+    if model.head is None:  # the head fit would give it, on a copy: the caller's model stays as it was
+        model = copy.deepcopy(model)
+        prepare_head(model, data, settings.seed)
+    objective = task_objective(model, data.train.targets, loss_settings(train_cfg))
+    given = {k: v for k, v in (("sweeps", sweeps), ("steps", steps), ("min_lr", min_lr), ("max_lr", max_lr))
+             if v is not None}
+    found = find_lr(model, data, plan, objective, settings, augment=augment, progress=settings.progress, **given)
+    if out is not None:
+        found.write(out)
+    return found
+
+
+def lr_find_from_config(cfg: RunConfig, out: str | Path, **sweep: Any) -> LRFind:
+    """`lr_find` on the model, data, strategy and train settings a run config names (``headstart lr-find``)."""
+    check_range(**{k: sweep.get(k) or v for k, v in SWEEP_DEFAULTS.items()})  # before any data is read
+    if cfg.tasks or cfg.data.target is not None:
+        raise ConfigError("lr-find sweeps single-task runs; for multi-task or domain-adaptation configs set "
+                          "train.lr: auto, and fit sweeps the run's own objective")
+    if cfg.strategy.name == "auto":
+        raise ConfigError("lr-find sweeps one named strategy (--strategy full, linear-probe, ...); with strategy "
+                          "auto, run headstart fit --lr auto and the finder runs on the strategy auto chooses")
+    model = model_from_config(cfg)
+    data = data_from_config(cfg, model)
+    return lr_find(model, data, cfg.strategy.name, out=out, bn=cfg.strategy.bn, augment=cfg.data.augment,
+                   **sweep, **cfg.strategy.options(), **cfg.train.model_dump())
 
 
 def run_objective(model: TransferModel, data: DataSplits, loss, weighting: str | dict[str, Any] = "equal",
@@ -172,7 +280,8 @@ def data_from_config(cfg: RunConfig, model: TransferModel) -> DataSplits:
                           val=d.val_path, test=d.test_path, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
                           subset=d.subset, test_subset=d.test_subset, seed=cfg.train.seed, text_column=d.text_column,
                           label_column=d.label_column, text_pair=d.text_pair, multi_label=d.multi_label,
-                          label_delimiter=d.label_delimiter, max_bad_fraction=d.max_bad_fraction)
+                          label_delimiter=d.label_delimiter, max_bad_fraction=d.max_bad_fraction, store=d.store,
+                          store_dir=d.store_dir, store_threshold=d.store_threshold)
 
 
 def tasks_from_config(cfg: RunConfig, model: TransferModel) -> DataSplits:

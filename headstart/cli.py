@@ -57,6 +57,8 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
                                                            "(domain.method)"),
         strategy: Optional[str] = typer.Option(None, help="linear-probe, full, ... (strategy.name)"),
         epochs: Optional[int] = typer.Option(None, help="train.epochs"),
+        lr: Optional[str] = typer.Option(None, help="train.lr: a number, or auto (the LR finder's suggestion, "
+                                                    "found before training; see headstart lr-find)"),
         budget: Optional[str] = typer.Option(None, help="time budget for --strategy auto, e.g. 10m (strategy.budget)"),
         metric: Optional[str] = typer.Option(None, help="what picks the best epoch: accuracy, balanced_accuracy, "
                                                         "macro_f1, f1, auroc (train.metric)"),
@@ -70,7 +72,6 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
     """Train a model; writes a run folder (config, metrics, checkpoints, best model bundle)."""
     from .api import fit_from_config
     from .config import load_config
-    from .data.sources import is_builtin
     from .run.distributed import launch, launched, without_flag
 
     if nproc > 1 and not launched():
@@ -91,19 +92,14 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         config = config or saved
     overrides = list(set_)
     for key, value in (("model.backbone", backbone), ("model.weights", weights), ("strategy.name", strategy),
-                       ("train.epochs", epochs), ("strategy.budget", budget), ("train.metric", metric),
-                       ("train.positive_class", positive_class), ("multitask.weighting", weighting),
+                       ("train.epochs", epochs), ("train.lr", lr), ("strategy.budget", budget),
+                       ("train.metric", metric), ("train.positive_class", positive_class),
+                       ("multitask.weighting", weighting),
                        ("data.target", target_data), ("domain.method", objective),
                        ("out", out or (str(resume) if resume else None))):
         if value is not None:
             overrides.append(f"{key}={value}")
-    if data is not None:
-        overrides += [f"data.dataset={data}", "data.path=null"] if is_builtin(data) else \
-            [f"data.path={data}", "data.dataset=null"]
-    if text_column:  # JSON is valid YAML: column names with spaces or commas survive the override parser
-        overrides.append(f"data.text_column={json.dumps(text_column[0] if len(text_column) == 1 else text_column)}")
-    if label_column is not None:
-        overrides.append(f"data.label_column={json.dumps(label_column)}")
+    overrides += data_overrides(data, text_column, label_column)
     if task:
         overrides.append(f"tasks={json.dumps(task_list(task))}")
     cfg = load_config(config, overrides)
@@ -112,6 +108,58 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
     if result.test_metrics:
         typer.echo("test: " + format_metrics(result.test_metrics))
     typer.echo(f"run folder: {result.run_dir}")
+
+
+def data_overrides(data: Optional[str], text_column: List[str], label_column: Optional[str]) -> list[str]:
+    """--data, --text-column and --label-column as config overrides."""
+    from .data.sources import is_builtin
+
+    overrides = []
+    if data is not None:
+        overrides += [f"data.dataset={data}", "data.path=null"] if is_builtin(data) else \
+            [f"data.path={data}", "data.dataset=null"]
+    if text_column:  # JSON is valid YAML: column names with spaces or commas survive the override parser
+        overrides.append(f"data.text_column={json.dumps(text_column[0] if len(text_column) == 1 else text_column)}")
+    if label_column is not None:
+        overrides.append(f"data.label_column={json.dumps(label_column)}")
+    return overrides
+
+
+@app.command(name="lr-find")
+@guarded
+def lr_find(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config"),
+            set_: List[str] = typer.Option([], "--set", help="override a config key: --set train.batch_size=64"),
+            backbone: Optional[str] = typer.Option(None, help="e.g. timm:resnet50 (model.backbone)"),
+            weights: Optional[str] = typer.Option(None, help="package:..., a file, or hub (model.weights)"),
+            data: Optional[str] = typer.Option(None, help="a built-in data set name, an image folder, or a text "
+                                                          "file"),
+            text_column: List[str] = typer.Option([], "--text-column", help="text file: data.text_column"),
+            label_column: Optional[str] = typer.Option(None, "--label-column", help="text file: data.label_column"),
+            strategy: Optional[str] = typer.Option(None, help="the strategy whose training is swept (strategy.name)"),
+            out: Path = typer.Option(Path("lr_find"), help="folder for lr_find.json and lr_find.png"),
+            sweeps: int = typer.Option(3, min=1, help="seeded range tests; their suggestions make the band"),
+            steps: int = typer.Option(80, min=10, help="optimizer steps per range test"),
+            min_lr: float = typer.Option(1e-6, "--min-lr", help="first learning rate of each test"),
+            max_lr: float = typer.Option(10.0, "--max-lr", help="last learning rate (a test stops earlier when "
+                                                                "the loss diverges)"),
+            ) -> None:
+    """Suggest a learning rate: several short seeded LR range tests of the strategy's training, the band of
+    their suggestions and a plot (docs/lr_find.md). `headstart fit --lr auto` runs the same before training."""
+    from .api import lr_find_from_config
+    from .config import load_config
+
+    overrides = list(set_)
+    for key, value in (("model.backbone", backbone), ("model.weights", weights), ("strategy.name", strategy)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_config(config, overrides + data_overrides(data, text_column, label_column))
+    found = lr_find_from_config(cfg, out, sweeps=sweeps, steps=steps, min_lr=min_lr, max_lr=max_lr)
+    typer.echo(found.explain())
+    typer.echo(f"wrote {out / 'lr_find.json'}" + (f" and {out / 'lr_find.png'}" if (out / "lr_find.png").is_file()
+                                                  else " (no plot: install matplotlib, headstart[report])"))
+    typer.echo(f"train with it: headstart fit ... --lr {found.lr:.3g}" +
+               (f" --set train.head_lr={found.head_lr:.3g}" if found.head_lr is not None else "") +
+               " (or --lr auto)")
 
 
 def task_list(specs: List[str]) -> list[dict]:
@@ -221,6 +269,29 @@ def predict(run: Path = typer.Argument(..., help="run folder or bundle"),
         if header[-1] == "text":  # long texts shortened on screen; the CSV file keeps them whole
             rows = [(*row[:-1], shorten(row[-1])) for row in rows]
         typer.echo(csv_text(rows), nl=False)
+
+
+@app.command(name="export")
+@guarded
+def export_(run: Path = typer.Argument(..., help="run folder"),
+            format: str = typer.Option("onnx", "--format", help="onnx or torchscript"),
+            out: Optional[Path] = typer.Option(None, help="the file to write; default RUN/export/model.onnx "
+                                                          "(model.pt for torchscript)")) -> None:
+    """Export the best model for inference (adapters merged, BatchNorm folded, preprocessing in its metadata)
+    and check it against PyTorch on the run's validation data; writes RUN/export/parity.json."""
+    from .api import data_from_config
+    from .config import load_config
+    from .export import export
+
+    if not (run / "config.yaml").is_file():
+        fail(f"{str(run)!r} is not a run folder (no config.yaml): the parity check reloads the run's validation "
+             "data as its config names it. To export a bundle, use Python: hs.export(bundle, data=...)")
+    cfg = load_config(run / "config.yaml")
+    path = export(run, format, out, data=lambda model: data_from_config(cfg, model), echo=typer.echo)
+    parity = json.loads(path.with_name(path.name + ".json").read_text())["parity"]
+    if not parity["passed"]:
+        fail(f"the export {str(path)!r} was written but does not match the PyTorch model (see "
+             f"{str(run / 'export' / 'parity.json')!r}); do not ship it")
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
@@ -352,6 +423,26 @@ def rank(ctx: typer.Context,
     typer.echo(result.to_markdown())
 
 
+@app.command()
+@guarded
+def report(run: Path = typer.Argument(..., help="run folder")) -> None:
+    """(Re)write a run's report.html: curves, learning rate, what trains, confusion matrix, per-class scores,
+    calibration and the most confident mistakes (the data is reloaded as the run's config.yaml names it)."""
+    from .api import write_report as write
+
+    typer.echo(f"report: {write(run)}")
+
+
+@app.command()
+@guarded
+def compare(runs: List[Path] = typer.Argument(..., help="two or more run folders"),
+            out: Path = typer.Option(Path("compare.html"), help="the page to write")) -> None:
+    """Set runs side by side in one page: their config, best and test metrics, training time and curves."""
+    from .report import compare_runs
+
+    typer.echo(f"comparison: {compare_runs(runs, out)}")
+
+
 @app.command(name="list")
 @guarded
 def list_(what: str = typer.Argument(..., help="backbones, strategies, datasets, heads, metrics, weights, "
@@ -362,6 +453,55 @@ def list_(what: str = typer.Argument(..., help="backbones, strategies, datasets,
 
     for line in CATALOG.get(what)(pattern):
         typer.echo(line)
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Image stores: folders decoded once into a memory-mapped file "
+                                                   "on disk (docs/data_store.md).")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+@guarded
+def data_prepare(path: Path = typer.Argument(..., help="an image folder with one sub-folder per class"),
+                 image_size: Optional[int] = typer.Option(None, "--image-size", help="the model's input size (the "
+                                                          "store keeps images at size / 0.875; default 256 px)"),
+                 store_dir: Optional[Path] = typer.Option(None, "--store-dir", help="default $HEADSTART_STORE_DIR "
+                                                          "or ~/.cache/headstart/stores"),
+                 workers: Optional[int] = typer.Option(None, help="decoding processes (0: threads in this one)"),
+                 ) -> None:
+    """Decode an image folder into its store ahead of time (resumes an interrupted build; adds new files)."""
+    from .data.store import describe, prepare, size_for
+
+    store = prepare(path, size_for(image_size), store_dir, workers=workers, progress=True)
+    typer.echo(json.dumps(describe(store.path), indent=2))
+
+
+@data_app.command("info")
+@guarded
+def data_info(path: Path = typer.Argument(..., help="an image folder"),
+              store_dir: Optional[Path] = typer.Option(None, "--store-dir")) -> None:
+    """Show the stores of an image folder: count, classes, size on disk, fingerprint, complete or not, where."""
+    from .data.store import default_store_dir, describe, stores_of
+
+    found = stores_of(path, store_dir)
+    if not found:
+        fail(f"no image store for {str(path)!r} under {store_dir or default_store_dir()}; build one with "
+             f"`headstart data prepare {path}`")
+    typer.echo(json.dumps([describe(p) for p in found], indent=2))
+
+
+@data_app.command("clean")
+@guarded
+def data_clean(path: Optional[Path] = typer.Argument(None, help="an image folder; omit with --all"),
+               all_: bool = typer.Option(False, "--all", help="every store under the store folder"),
+               store_dir: Optional[Path] = typer.Option(None, "--store-dir")) -> None:
+    """Delete the stores of an image folder (or all stores); they are rebuilt on next use."""
+    from .data.store import remove_stores
+
+    if (path is None) == (not all_):
+        fail("give an image folder or --all (not both)")
+    for p in remove_stores(path, store_dir):
+        typer.echo(f"removed {p}")
 
 
 def format_metrics(metrics: dict) -> str:

@@ -16,6 +16,7 @@ from .data.images import to_8_bit
 from .data import (IMAGE_EXTENSIONS, DataSplits, ImageData, TextData, images_to_uint8, load_image_files,
                    make_batcher)
 from .errors import DataError
+from .export import exported_format, load_exported
 from .metrics import compute_metrics, default_metrics
 from .model import TransferModel
 from .run.loop import evaluate_tasks
@@ -52,7 +53,9 @@ class Predictor:
             return [str(path)]
         found = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not found:
-            raise DataError(f"no image files in {str(path)!r} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+            others = sorted({p.suffix.lower() or "no extension" for p in path.rglob("*") if p.is_file()})
+            held = f"it holds only {', '.join(others[:8])} files" if others else "it is empty"
+            raise DataError(f"no image files in {str(path)!r}: {held} (looked for {', '.join(IMAGE_EXTENSIONS)})")
         return found
 
     def _images(self, inputs: Any) -> torch.Tensor:
@@ -81,6 +84,11 @@ class Predictor:
         missing = [p for p in paths if not Path(p).is_file()]
         if missing:
             raise DataError(f"{len(missing)} input file(s) do not exist, e.g. {missing[:3]}")
+        others = [p for p in paths if Path(p).suffix.lower() not in IMAGE_EXTENSIONS]
+        if others:
+            raise DataError(f"{str(others[0])!r} is not an image file ({Path(others[0]).suffix or 'no extension'}"
+                            f"{f', and {len(others) - 1} more' if len(others) > 1 else ''}); an image model predicts "
+                            f"on {', '.join(IMAGE_EXTENSIONS)} files or folders of them")
         pre = self.model.spec.preprocessing
         stored = math.ceil(max(pre.image_size) / pre.crop_pct)
         try:
@@ -254,7 +262,15 @@ def align_labels(data: ImageData | TextData, labels: list[str]) -> ImageData | T
 
 
 def load(path: str | Path, module: nn.Module | None = None, num_classes: int | None = None, **kwargs) -> Predictor:
-    """Load a run folder or bundle for inference. See `bundle.load_model` for the arguments."""
+    """Load a run folder or bundle for inference. See `bundle.load_model` for the arguments.
+
+    A file written by `headstart export` (.onnx, or TorchScript) loads too: it runs through onnxruntime or
+    torch.jit with the same preprocessing, predict/predict_proba/predict_files and evaluate."""
+    if exported_format(path) is not None:
+        exported = load_exported(path)
+        predictor = Predictor(exported, **{"precision": "fp32", **kwargs})  # the file fixes its own precision
+        predictor.columns = exported.columns
+        return predictor
     predictor = Predictor(load_model(path, module=module, num_classes=num_classes), **kwargs)
     predictor.columns = read_meta(path).get("data")
     return predictor

@@ -96,3 +96,16 @@ def tiny_data():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _no_report(monkeypatch):
+    """hs.fit ends by drawing a report (about 0.2-0.5 s of matplotlib on a tiny run): the suite's hundreds of
+    fits skip it. tests/test_report.py overrides this fixture to write them."""
+    monkeypatch.setattr("headstart.api.report_after_fit", lambda *args, **kwargs: None)
+
+
+if "RANK" in os.environ:  # a torchrun script of a test imports this module: its fits skip the report too
+    import headstart.api
+
+    headstart.api.report_after_fit = lambda *args, **kwargs: None

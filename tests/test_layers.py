@@ -21,8 +21,8 @@ LAYERS = [
     ["model"],
     ["objectives", "bundle"],
     ["strategies"],
-    ["run", "inference"],
-    ["plan"],
+    ["run", "inference", "export"],
+    ["plan", "report"],
     ["config"],
     ["api", "catalog", "demo", "testing"],
     ["cli", "__main__", ""],  # "" is the package's own __init__

@@ -194,6 +194,8 @@ def _numeric_keys() -> list[tuple[str, bool]]:
     """(dotted key, is a list) of every config leaf that takes int or float numbers, derived sections included."""
     def numeric(annotation) -> tuple[bool, bool]:
         args = typing.get_args(annotation) or (annotation,)
+        # Annotated[float, Field(gt=0)] inside a union (train.lr, which also takes "auto") is a number too.
+        args = tuple(typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a for a in args)
         lists = [a for a in args if typing.get_origin(a) is list]
         plain = {a for a in args if typing.get_origin(a) is None}
         if lists:

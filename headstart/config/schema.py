@@ -12,7 +12,7 @@ import functools
 import re
 import types
 import typing
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -34,6 +34,8 @@ def _takes_bool(annotation: Any) -> bool:
 def _bool_for_number(annotation: Any, value: Any) -> bool:
     """True if `value` is (or, for a list field, holds) a bool where the field expects an int or float."""
     origin = typing.get_origin(annotation)
+    if origin is Annotated:  # Annotated[float, Field(gt=0)] inside a union, as train.lr's
+        return _bool_for_number(typing.get_args(annotation)[0], value)
     if origin in (Union, types.UnionType):
         args = typing.get_args(annotation)
         if isinstance(value, bool) and any(_takes_bool(a) for a in args):
@@ -118,6 +120,11 @@ class DataConfig(_Section):
     label_delimiter: str | None = Field(None, min_length=1)  # e.g. ";" for "sport;politics"; implies multi_label
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # text files without test_path: stratified test hold-out
     max_bad_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    # Image folders: decoded into memory, or once into a memory-mapped store on disk (docs/data_store.md);
+    # auto: disk above store_threshold GB decoded (default: a quarter of the available memory, at most 8 GB).
+    store: Literal["auto", "memory", "disk"] = "auto"
+    store_dir: str | None = None  # default $HEADSTART_STORE_DIR or ~/.cache/headstart/stores
+    store_threshold: float | None = Field(None, gt=0.0)
     target: str | None = None  # domain adaptation: unlabeled target data (a built-in data set, folder or table)  # image folders: unreadable files skipped up to this
 
     @field_validator("text_column")
@@ -280,7 +287,11 @@ class _TrainSection(_Section):
         return value
 
 
-TrainConfig = create_model("TrainConfig", __base__=_TrainSection, **_fields_of(TrainSettings, LossSettings))
+# train.lr also takes "auto": hs.fit runs the LR finder (plan/lr_find.py) and records the rate it found here,
+# so run.TrainSettings (what run.fit reads) always holds a number.
+_LR = (Union[Annotated[float, Field(gt=0.0)], Literal["auto"], None], Field(None))
+TrainConfig = create_model("TrainConfig", __base__=_TrainSection,
+                           **{**_fields_of(TrainSettings, LossSettings), "lr": _LR})
 TrainConfig.__doc__ = _TrainSection.__doc__
 EarlyStoppingConfig = TrainConfig.model_fields["early_stopping"].annotation
 

@@ -9,8 +9,12 @@ from .batcher import BATCHERS, Batch, FeatureBatcher, FeatureData, TwoStreamBatc
 from .text import (TextBatcher, TextData, from_texts, is_text_file, read_records, read_texts,  # noqa: E402
                    text_file)
 from .tasks import MultiTaskSplit, Task, combine_tasks, derive_tasks, single_task, table_tasks  # noqa: E402
+from .store import ImageStore, default_store_dir, open_store  # noqa: E402  (registers the disk image store)
 
 __all__ = [
+    "ImageStore",
+    "default_store_dir",
+    "open_store",
     "MultiTaskSplit",
     "Task",
     "combine_tasks",

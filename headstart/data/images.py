@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..registry import Registry
 from .splits import DataSplits, Labelled
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
@@ -33,7 +34,7 @@ class ImageData(Labelled):
 
     modality: ClassVar[str] = "image"
     columns: ClassVar[None] = None  # images come from files, not table columns (see TextData.columns)
-    images: torch.Tensor
+    images: torch.Tensor  # or MappedImages: rows of an on-disk store (data/store.py), read when indexed
     targets: torch.Tensor  # (N,) int64 class indices, or float32 for regression
     classes: list[str]  # empty for regression
     paths: list[str] | None = None
@@ -49,8 +50,9 @@ class ImageData(Labelled):
         idx = row_indices(indices, len(self))
         idx_dev = idx.to(self.images.device)
         paths = [self.paths[i] for i in idx.tolist()] if self.paths is not None else None
-        return ImageData(self.images[idx_dev], self.targets[idx.to(self.targets.device)], list(self.classes),
-                         paths)
+        # A stored split stays on disk: its subset is a view of other rows, no pixels are read.
+        images = self.images.take(idx) if isinstance(self.images, MappedImages) else self.images[idx_dev]
+        return ImageData(images, self.targets[idx.to(self.targets.device)], list(self.classes), paths)
 
     def fingerprint(self) -> str:
         """sha256 hex digest of the images, targets and class names (identifies the data's content)."""
@@ -62,9 +64,94 @@ class ImageData(Labelled):
         return h.hexdigest()
 
 
+class MappedImages:
+    """ImageData.images kept on disk: chosen rows of a uint8 (R, 3, S, S) memory map, read only when indexed.
+
+    Indexing returns a uint8 tensor of just those rows, so a batch reads a batch. `take` makes a view of other
+    rows without reading pixels. Gray data is stored in 3 equal channels and shown as channel 0.
+    """
+
+    dtype = torch.uint8
+    device = torch.device("cpu")
+    ndim = 4
+    _HASH_ROWS = 256  # rows read per step when hashing: bounded memory whatever the size
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray, channels: int):
+        self.array, self.rows, self.channels = array, np.asarray(rows, dtype=np.int64), int(channels)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.rows), self.channels, *self.array.shape[2:]))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+    def _select(self, idx: Any) -> np.ndarray:
+        if isinstance(idx, torch.Tensor):
+            idx = idx.cpu().numpy()
+        return self.rows[idx]
+
+    def __getitem__(self, idx: Any) -> torch.Tensor:
+        sel = self._select(idx)
+        if sel.ndim == 0:
+            return torch.from_numpy(np.array(self.array[int(sel), :self.channels]))  # a copy: the map is read-only
+        if sel.size == 0:
+            return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
+        # Reading rows in file order keeps the disk access sequential; the batch keeps its own order.
+        order = np.argsort(sel, kind="stable")
+        out = np.empty((len(sel), *self.shape[1:]), dtype=np.uint8)
+        out[order] = self.array[sel[order], :self.channels]
+        return torch.from_numpy(out)
+
+    def take(self, idx: Any) -> "MappedImages":
+        return MappedImages(self.array, self._select(idx), self.channels)
+
+    def numpy(self) -> np.ndarray:
+        return self[slice(None)].numpy()
+
+    def hash_into(self, h) -> None:
+        """Feed the rows' bytes to a hashlib object, in order: the same digest as the tensor in memory."""
+        for start in range(0, len(self.rows), self._HASH_ROWS):
+            h.update(memoryview(self[slice(start, start + self._HASH_ROWS)].numpy()).cast("B"))
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        # Any torch op other than indexing (torch.cat of parts, .float() ...) sees the rows read into memory.
+        def load(a):
+            if isinstance(a, MappedImages):
+                return a[slice(None)]
+            if isinstance(a, (list, tuple)):
+                return type(a)(load(x) for x in a)
+            return a
+        return func(*load(args), **{k: load(v) for k, v in (kwargs or {}).items()})
+
+    def element_size(self) -> int:
+        return 1
+
+    def dim(self) -> int:
+        return 4
+
+    def to(self, *args, **kwargs) -> torch.Tensor:
+        """All rows read into memory, as a tensor (a whole read: index rows instead where you can)."""
+        return self[slice(None)].to(*args, **kwargs)
+
+    def __reduce__(self):
+        # A memory map is pickled as a path and reopened, never copied (e.g. to another process).
+        return (_reopen_mapped, (str(self.array.filename), self.array.shape, self.rows, self.channels))
+
+
+def _reopen_mapped(filename: str, shape: tuple, rows: np.ndarray, channels: int) -> MappedImages:
+    return MappedImages(np.memmap(filename, dtype=np.uint8, mode="r", shape=tuple(shape)), rows, channels)
+
+
 def _check_image_data(images: Any, targets: Any, classes: Any, paths: Any) -> None:
     """Raise DataError unless the fields of an ImageData are consistent."""
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 \
+    if isinstance(images, MappedImages):
+        pass  # checked when the store was opened
+    elif not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 \
             or images.shape[1] not in (1, 3):
         got = f"{type(images).__name__}" + (f" {images.dtype} of shape {tuple(images.shape)}"
                                             if isinstance(images, torch.Tensor) else "")
@@ -109,6 +196,9 @@ def _round_half_up(x: float) -> int:
 
 def hash_tensor(h, t: torch.Tensor) -> None:
     """Feed a tensor's bytes to a hashlib object in one call (an empty tensor adds nothing)."""
+    if isinstance(t, MappedImages):
+        t.hash_into(h)
+        return
     if t.numel():
         h.update(memoryview(t.detach().cpu().contiguous().numpy()).cast("B"))
 
@@ -301,22 +391,30 @@ def load_image_files(paths: list[str], stored_size: int | None,
         results = list(pool.map(_try_decode, paths, [stored_size] * len(paths)))
 
     bad = [(p, r) for p, r in zip(paths, results) if isinstance(r, str)]
-    if bad and len(bad) > max_bad_fraction * len(paths):
+    check_unreadable(bad, len(paths), max_bad_fraction)
+    kept = [i for i, r in enumerate(results) if not isinstance(r, str)]
+    arrays: list[Any] = [results[i] for i in kept]
+    del results  # from here on `arrays` holds the only reference, so each can be freed once copied
+    return _stack_decoded(paths, arrays, kept)
+
+
+def check_unreadable(bad: list[tuple[str, str]], total: int, max_bad_fraction: float) -> None:
+    """Warn about unreadable files (path, reason); DataError when more than `max_bad_fraction` of `total`."""
+    if bad and len(bad) > max_bad_fraction * total:
         shown = "; ".join(f"{p} ({reason})" for p, reason in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise DataError(f"{len(bad)} of {len(paths)} image files could not be read (more than the allowed "
+        raise DataError(f"{len(bad)} of {total} image files could not be read (more than the allowed "
                         f"{max_bad_fraction:.0%}): {shown}{more}. Remove or re-export the broken files, or allow more "
                         f"(max_bad_fraction=; config data.max_bad_fraction; CLI --max-bad-fraction for predict "
                         f"and evaluate).")
     for p, reason in bad[:_WARN_LIMIT]:
-        warnings.warn(f"skipping unreadable image file {p}: {reason}", stacklevel=2)
+        warnings.warn(f"skipping unreadable image file {p}: {reason}", stacklevel=3)
     if len(bad) > _WARN_LIMIT:
         warnings.warn(f"skipped {len(bad) - _WARN_LIMIT} more unreadable image files (first: "
-                      f"{bad[_WARN_LIMIT][0]})", stacklevel=2)
+                      f"{bad[_WARN_LIMIT][0]})", stacklevel=3)
 
-    kept = [i for i, r in enumerate(results) if not isinstance(r, str)]
-    arrays: list[Any] = [results[i] for i in kept]
-    del results  # from here on `arrays` holds the only reference, so each can be freed once copied
+
+def _stack_decoded(paths: list[str], arrays: list, kept: list[int]) -> tuple[torch.Tensor, list[int]]:
     first = arrays[0][0].shape[:2]
     odd = next((j for j, (a, _) in enumerate(arrays) if a.shape[:2] != first), None)
     if odd is not None:
@@ -384,8 +482,16 @@ def _scan_folder(root: Path, what: str, extensions: tuple[str, ...]) -> tuple[li
     return classes, files, labels
 
 
+# Readers of image folders through an on-disk store, by name: data/store.py registers "disk" (it imports this
+# module, so this module cannot import it).
+FOLDER_STORES: Registry = Registry("image store")
+STORE_MODES = ("auto", "memory", "disk")
+
+
 def _load_folder_part(root: Path, what: str, classes: list[str] | None, stored_size: int,
-                      extensions: tuple[str, ...], max_bad_fraction: float = 0.1) -> ImageData:
+                      extensions: tuple[str, ...], max_bad_fraction: float = 0.1, store: str = "memory",
+                      store_dir: str | os.PathLike | None = None,
+                      store_threshold: float | None = None) -> ImageData:
     """Load one class-per-subfolder tree; its classes must equal `classes` when given."""
     found_classes, files, labels = _scan_folder(root, what, extensions)
     if classes is not None and found_classes != classes:
@@ -394,6 +500,13 @@ def _load_folder_part(root: Path, what: str, classes: list[str] | None, stored_s
         raise DataError(f"{what} folder {str(root)!r} has different classes from the training folder: missing "
                         f"{missing or 'none'}, not in training {extra or 'none'}. Give it exactly the same class "
                         f"subfolders as the training folder.")
+    if store not in STORE_MODES:
+        raise DataError(f"store must be one of {', '.join(STORE_MODES)}, got {store!r}.")
+    if store != "memory":  # the store decides: "auto" keeps data that fit comfortably in memory
+        stored = FOLDER_STORES.get("disk")(root, files, labels, list(found_classes), stored_size, max_bad_fraction,
+                                           mode=store, store_dir=store_dir, threshold_gb=store_threshold)
+        if stored is not None:
+            return stored
     images, kept = load_image_files(files, stored_size, max_bad_fraction)
     targets = torch.tensor([labels[i] for i in kept], dtype=torch.long)
     return ImageData(images, targets, list(found_classes), [files[i] for i in kept])
@@ -402,16 +515,21 @@ def _load_folder_part(root: Path, what: str, classes: list[str] | None, stored_s
 def image_folder(root: str | os.PathLike, val: str | os.PathLike | None = None,
                  test: str | os.PathLike | None = None, val_fraction: float = 0.1, seed: int = 0,
                  stored_size: int = 256, extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
-                 max_bad_fraction: float = 0.1) -> DataSplits:
+                 max_bad_fraction: float = 0.1, store: str = "auto", store_dir: str | os.PathLike | None = None,
+                 store_threshold: float | None = None) -> DataSplits:
     """Load images from `root/<class>/...` (classes sorted by name); optional val and test folders alike.
 
     Without `val`, a seeded stratified `val_fraction` of each training class becomes the val part.
     Images are stored as uint8 squares of `stored_size` pixels (shorter side resized, centre-cropped).
     Unreadable files are skipped with a warning up to `max_bad_fraction` of a folder.
+    `store`: "memory" decodes into RAM; "disk" decodes once into a memory-mapped store under `store_dir`
+    (docs/data_store.md) and reads it from there; "auto" picks disk when the decoded images would exceed
+    `store_threshold` GB (default: a quarter of the available memory, at most 8 GB).
     """
     root_path = Path(root)
     part = functools.partial(_load_folder_part, stored_size=stored_size, extensions=tuple(extensions),
-                             max_bad_fraction=max_bad_fraction)
+                             max_bad_fraction=max_bad_fraction, store=store, store_dir=store_dir,
+                             store_threshold=store_threshold)
     train = part(root_path, "training", None)
     require_two_classes(train, f"training folder {str(root_path)!r}",
                         f"Add a second class folder next to it ({root_path}/<other class>/<images>).")

@@ -42,7 +42,8 @@ def resolve_source(source: str, spec=None, *, builtin_name: bool | None = None, 
                    test_subset: int | None = None, seed: int = 0, text_column: str | Sequence[str] = "text",
                    label_column: str = "label", text_pair: bool = False, multi_label: bool = False,
                    label_delimiter: str | None = None, image_size: int | None = None,
-                   max_bad_fraction: float = 0.1) -> DataSplits:
+                   max_bad_fraction: float = 0.1, store: str = "auto", store_dir: str | None = None,
+                   store_threshold: float | None = None) -> DataSplits:
     """Splits of a data source.
 
     Args:
@@ -56,6 +57,9 @@ def resolve_source(source: str, spec=None, *, builtin_name: bool | None = None, 
         val_fraction, test_fraction: held-out fractions where the source has no val / test part of its own
             (0 keeps everything in the training split, for evaluating a whole folder or file).
         max_bad_fraction: an image folder's unreadable files are skipped, up to this fraction.
+        store, store_dir, store_threshold: where an image folder's decoded images live: "memory", "disk" (a
+            memory-mapped store under `store_dir`) or "auto" (disk above `store_threshold` GB decoded); see
+            `image_folder` and docs/data_store.md.
     """
     if builtin_name if builtin_name is not None else is_builtin(source):
         extra = {"test_fraction": test_fraction} if test_fraction else {}
@@ -75,7 +79,8 @@ def resolve_source(source: str, spec=None, *, builtin_name: bool | None = None, 
         size = stored_size(spec.preprocessing) if spec is not None else \
             math.ceil(image_size / 0.875) if image_size else DEFAULT_STORED_SIZE
         splits = image_folder(source, val=val, test=test, val_fraction=val_fraction, seed=seed, stored_size=size,
-                              max_bad_fraction=max_bad_fraction)
+                              max_bad_fraction=max_bad_fraction, store=store, store_dir=store_dir,
+                              store_threshold=store_threshold)
     else:
         raise DataError(f"data {source!r} is neither a built-in data set ({', '.join(builtin.list_datasets())}), a "
                         "text file (.csv, .tsv, .jsonl, .json, .parquet) nor an image folder. Check the path.")

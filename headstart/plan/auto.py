@@ -298,7 +298,8 @@ def race(model, data, decision: Decision, budget_s: float, epochs: int, *, fit: 
             options = decision.options if name == decision.strategy else (
                 lp_ft_options(model.spec.modality) if name == "lp-ft" else RACE_OPTIONS.get(name, {}))
             train = decision.train if name == decision.strategy else learning_rates(name, model.spec.modality)
-            run = fit(copy.deepcopy(model), small, name, out=f"{tmp}/{name}", progress=False, cache_dir=cache_dir,
+            run = fit(copy.deepcopy(model), small, name, out=f"{tmp}/{name}", progress=False, report=False,
+                      cache_dir=cache_dir,
                       seed=seed, **{**train, **options, **judge, "epochs": epochs})
             results.append({"strategy": name, "options": options, "train": train, "metric": score,
                             "val_score": run.best_metrics.get(score, float("nan")), "seconds": round(run.seconds, 1)})

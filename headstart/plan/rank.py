@@ -361,7 +361,7 @@ def _run_proxies(fit: Callable[..., Any], rows: list[RankRow], data: DataSplits,
         for i, row in enumerate(rows, 1):
             model = _build(row.backbone, seed, model_kwargs, [])
             result = fit(model, proxy_data, strategy, out=root / f"proxy-{i}", epochs=epochs, seed=seed,
-                         progress=progress, cache_dir=None if cache_dir is None else str(cache_dir), **options)
+                         progress=progress, report=False, cache_dir=None if cache_dir is None else str(cache_dir), **options)
             acc = result.best_metrics.get("val/accuracy")
             row.proxy_accuracy = None if acc is None or math.isnan(acc) else float(acc)
             row.proxy_seconds = round(result.seconds, 3)

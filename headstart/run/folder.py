@@ -147,6 +147,11 @@ def acquire_lock(path: Path):
     return handle
 
 
+# Settings that change what a run shows or where its data is held, never what it trains: a resume may change them.
+CHANGEABLE_ON_RESUME = frozenset({"train.progress", "train.report", "train.log", "data.store", "data.store_dir",
+                                  "data.store_threshold"})
+
+
 def resume_state(path: Path, record: dict[str, Any], normalise: Callable[[dict], dict],
                  writes: bool = True) -> dict[str, Any] | None:
     """Check a resumed folder's saved config against `record` and return its last checkpoint (None if it has
@@ -157,6 +162,7 @@ def resume_state(path: Path, record: dict[str, Any], normalise: Callable[[dict],
         diff = {f"{section}.{k}": (saved.get(section, {}).get(k), v)
                 for section in ("model", "data", "strategy", "train") if section in record
                 for k, v in record[section].items() if saved.get(section, {}).get(k) != v}
+        diff = {k: v for k, v in diff.items() if k not in CHANGEABLE_ON_RESUME}
         if diff:
             raise ConfigError(f"cannot resume {str(path)!r} with different settings {diff} (saved, now); resume "
                               "with the saved config.yaml or start a new run folder.")

@@ -58,6 +58,9 @@ class TrainSettings:
     cache: Literal["auto", "on", "off"] = "auto"
     cache_views: int = setting(1, ge=1)  # with augmentation: 1 = the plain view only; k > 1 adds k-1 augmented views
     cache_dir: str | None = None  # default ~/.cache/headstart/features (or $HEADSTART_CACHE)
+    # metrics.jsonl is always written; tensorboard also writes TensorBoard event files under <run>/tb
+    log: Literal["jsonl", "tensorboard"] = "jsonl"
+    report: bool = True  # hs.fit ends by writing <run>/report.html (headstart/report.py)
 
     def __post_init__(self) -> None:
         check_bounds(self)

@@ -139,10 +139,14 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
         processes = f", {world} processes x {rank_batch} per step (global batch {s.batch_size})" if world > 1 else ""
         print(f"{weights_line(core.spec)}\nstrategy {strategy.name} (bn={strategy.bn}), {compute}{processes}\n{rates}\n"
               f"objective: {objective}; best epoch by {kept.monitor}\n" + trainable_summary(core, optimizer))
+    if folder.writes:
+        record_trainable(folder, None if start_epoch else 0, f"strategy {strategy.name} (bn={strategy.bn})\n{rates}\n"
+                         + trainable_summary(core, optimizer))
 
     # Checkpoints and the best bundle are written from snapshots on a background thread: training goes on
     # while they reach the disk, and every write is atomic, so a run killed mid-write resumes from the last one.
     writer = BackgroundWriter()
+    board = metric_board(folder, s.log, accelerator.is_main_process)
     try:
         for epoch in range(start_epoch, s.epochs):
             if stopped:
@@ -156,6 +160,8 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
                     compiled = torch.compile(wrapped) if s.compile else wrapped
                 if show:
                     print(f"epoch {epoch + 1}: trainable set changed\n" + trainable_summary(core, optimizer))
+                if folder.writes:
+                    record_trainable(folder, epoch, trainable_summary(core, optimizer))
             t0 = time.perf_counter()
             objective.begin_epoch(epoch, s.epochs)
             # Frozen parts compute the same thing every epoch: train on their cached outputs where exact.
@@ -192,6 +198,8 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
             stopped = s.early_stopping.patience is not None and bad_epochs >= s.early_stopping.patience
             if accelerator.is_main_process:
                 folder.append_metrics(row)
+                if board is not None:
+                    log_scalars(board, row)
                 checkpoint = snapshot({"epoch": epoch + 1, "model": full[0] if full else core.state_dict(),
                                        "optimizer": full[1] if full else optimizer.state_dict(),
                                        "scheduler": scheduler.state_dict(),
@@ -205,6 +213,8 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
             accelerator.wait_for_everyone()
     finally:
         writer.close()
+        if board is not None:
+            board.close()
     accelerator.wait_for_everyone()  # every rank reads the best bundle rank 0 has just finished writing
 
     history = folder.metrics()
@@ -396,6 +406,46 @@ def bundle_report(folder: Path) -> dict[str, Any]:
     what = (f"{adapters['method']} adapters and head only, on base weights {adapters['base_weights']}"
             if adapters else "full weights")
     return {"bundle_bytes": size, "bundle": f"best model bundle: {size / 1e6:.3f} MB ({what}) in {folder}"}
+
+
+TRAINABLE_FILE, BOARD_DIR = "trainable.txt", "tb"
+
+
+def record_trainable(folder: RunFolder, epoch: int | None, summary: str) -> None:
+    """Keep what trains (the header's table at epoch 0, each change of the trainable set after) in
+    trainable.txt, for the run's report; a resumed run (epoch None) adds only what is not recorded yet."""
+    path = folder.path / TRAINABLE_FILE
+    if epoch == 0 or not path.is_file():
+        folder.write_text(TRAINABLE_FILE, summary + "\n")
+        return
+    if epoch is None:
+        return
+    heading = f"from epoch {epoch + 1}:"
+    text = path.read_text()
+    if heading not in text.splitlines():
+        folder.write_text(TRAINABLE_FILE, f"{text}\n{heading}\n{summary}\n")
+
+
+def metric_board(folder: RunFolder, log: str, main: bool):
+    """A TensorBoard writer into <run>/tb when train.log is tensorboard (None otherwise, and off rank 0)."""
+    if log != "tensorboard":
+        return None
+    try:
+        import tensorboard  # noqa: F401  torch.utils.tensorboard needs it
+    except ImportError:
+        raise ConfigError("train.log is 'tensorboard' but the tensorboard package is not installed: pip install "
+                          "tensorboard, or set train.log: jsonl (metrics.jsonl is always written)") from None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(folder.path / BOARD_DIR)) if main else None
+
+
+def log_scalars(board, row: dict[str, Any]) -> None:
+    """Every number of a metrics row as a scalar at its epoch (the same tags as metrics.jsonl's keys)."""
+    for key, value in row.items():
+        if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            board.add_scalar(key, value, row["epoch"])
+    board.flush()
 
 
 def fingerprints(data: DataSplits) -> dict[str, str]:
