@@ -1,6 +1,6 @@
 """Data beyond memory (issue 21): an image folder decoded once into the on-disk store, and read from there.
 
-    python bench/data_scale.py                  # 100,000 photos: run it alone (hours on 2 cores, ~5 GB of disk)
+    python bench/data_scale.py                  # 100,000 photos: run it alone (about 10 minutes on 2 cores, 6 GB of disk)
     python bench/data_scale.py --n 2000 --quick # smoke test (a few minutes)
 
 It generates N synthetic photos (320x240 JPEG, 5 classes told apart by colour and shape) in --dir and measures,
