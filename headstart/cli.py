@@ -108,6 +108,8 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
     if result.test_metrics:
         typer.echo("test: " + format_metrics(result.test_metrics))
     typer.echo(f"run folder: {result.run_dir}")
+    if result.extra.get("report"):
+        typer.echo(f"report: {result.extra['report']}")
 
 
 def data_overrides(data: Optional[str], text_column: List[str], label_column: Optional[str]) -> list[str]:
@@ -455,52 +457,88 @@ def list_(what: str = typer.Argument(..., help="backbones, strategies, datasets,
         typer.echo(line)
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Image stores: folders decoded once into a memory-mapped file "
-                                                   "on disk (docs/data_store.md).")
+data_app = typer.Typer(no_args_is_help=True, help="Stores: image folders decoded, and text files tokenised, once "
+                                                   "into memory-mapped files on disk (docs/data_store.md).")
 app.add_typer(data_app, name="data")
 
 
 @data_app.command("prepare")
 @guarded
-def data_prepare(path: Path = typer.Argument(..., help="an image folder with one sub-folder per class"),
+def data_prepare(path: Path = typer.Argument(..., help="an image folder with one sub-folder per class, or a text "
+                                                         "file (.csv, .tsv, .jsonl, .json, .parquet)"),
                  image_size: Optional[int] = typer.Option(None, "--image-size", help="the model's input size (the "
                                                           "store keeps images at size / 0.875; default 256 px)"),
                  store_dir: Optional[Path] = typer.Option(None, "--store-dir", help="default $HEADSTART_STORE_DIR "
                                                           "or ~/.cache/headstart/stores"),
                  workers: Optional[int] = typer.Option(None, help="decoding processes (0: threads in this one)"),
+                 backbone: Optional[str] = typer.Option(None, "--backbone", help="text file: the hf: backbone "
+                                                        "whose tokenizer and max_length the store is for"),
+                 text_column: List[str] = typer.Option([], "--text-column", help="text file: text column(s)"),
+                 label_column: str = typer.Option("label", "--label-column", help="text file: label column"),
+                 text_pair: bool = typer.Option(False, "--text-pair", help="text file: two text columns form a pair"),
                  ) -> None:
-    """Decode an image folder into its store ahead of time (resumes an interrupted build; adds new files)."""
+    """Decode an image folder, or tokenise a text file, into its store ahead of time."""
+    from .data.text import is_text_file
+
+    if is_text_file(path):
+        _prepare_text(path, backbone, list(text_column) or ["text"], label_column, text_pair, store_dir)
+        return
     from .data.store import describe, prepare, size_for
 
     store = prepare(path, size_for(image_size), store_dir, workers=workers, progress=True)
     typer.echo(json.dumps(describe(store.path), indent=2))
 
 
+def _prepare_text(path: Path, backbone: Optional[str], text_column: list[str], label_column: str, text_pair: bool,
+                  store_dir: Optional[Path]) -> None:
+    """Tokenise a text file into its token store with a backbone's tokenizer and max_length."""
+    if not backbone:
+        fail(f"a text file's store holds token ids of one tokenizer: give the text backbone, e.g. `headstart data "
+             f"prepare {path} --backbone hf:sentence-transformers/all-MiniLM-L6-v2` (the one you will fit with)")
+    from .backbones import create_backbone
+    from .data import make_batcher
+    from .data.text import text_file
+    from .data.token_store import describe_tokens, token_stores_of
+
+    _, spec = create_backbone(backbone)
+    if spec.modality != "text":
+        fail(f"{backbone} takes {spec.modality} input; a text file needs a text backbone (hf:...)")
+    data = text_file(path, text_column, label_column, text_pair=text_pair, val_fraction=0.0, store="disk",
+                     store_dir=store_dir)
+    make_batcher(data.train, spec, train=False)  # builds the store, or finds it current
+    typer.echo(json.dumps([describe_tokens(p) for p in token_stores_of(path, store_dir)], indent=2))
+
+
 @data_app.command("info")
 @guarded
-def data_info(path: Path = typer.Argument(..., help="an image folder"),
+def data_info(path: Path = typer.Argument(..., help="an image folder or a text file"),
               store_dir: Optional[Path] = typer.Option(None, "--store-dir")) -> None:
-    """Show the stores of an image folder: count, classes, size on disk, fingerprint, complete or not, where."""
+    """Show the stores of an image folder or text file: counts, classes, size on disk, complete or not, where."""
     from .data.store import default_store_dir, describe, stores_of
+    from .data.text import is_text_file
+    from .data.token_store import describe_tokens, token_stores_of
 
-    found = stores_of(path, store_dir)
+    text = is_text_file(path)
+    found = token_stores_of(path, store_dir) if text else stores_of(path, store_dir)
     if not found:
-        fail(f"no image store for {str(path)!r} under {store_dir or default_store_dir()}; build one with "
-             f"`headstart data prepare {path}`")
-    typer.echo(json.dumps([describe(p) for p in found], indent=2))
+        how = " --backbone hf:<the text backbone>" if text else ""
+        fail(f"no {'token' if text else 'image'} store for {str(path)!r} under {store_dir or default_store_dir()}; "
+             f"build one with `headstart data prepare {path}{how}`")
+    typer.echo(json.dumps([(describe_tokens if text else describe)(p) for p in found], indent=2))
 
 
 @data_app.command("clean")
 @guarded
-def data_clean(path: Optional[Path] = typer.Argument(None, help="an image folder; omit with --all"),
+def data_clean(path: Optional[Path] = typer.Argument(None, help="an image folder or text file; omit with --all"),
                all_: bool = typer.Option(False, "--all", help="every store under the store folder"),
                store_dir: Optional[Path] = typer.Option(None, "--store-dir")) -> None:
-    """Delete the stores of an image folder (or all stores); they are rebuilt on next use."""
+    """Delete the stores of an image folder or text file (or all stores); they are rebuilt on next use."""
     from .data.store import remove_stores
+    from .data.token_store import remove_token_stores
 
     if (path is None) == (not all_):
-        fail("give an image folder or --all (not both)")
-    for p in remove_stores(path, store_dir):
+        fail("give an image folder, a text file or --all (not both)")
+    for p in remove_stores(path, store_dir) + remove_token_stores(path, store_dir):
         typer.echo(f"removed {p}")
 
 

@@ -114,6 +114,8 @@ def fit_and_report(cfg, run_dir: Path, start: float, test_items: str, write_samp
     print(f"\ntest accuracy {shown} on {len(data.test)} {test_items} "
           f"(best epoch {result.best_epoch}, {minutes:.1f} min)")
     print(f"run folder: {run_dir}")
+    if result.extra.get("report"):
+        print(f"report: {result.extra['report']}")
     print(f"predict with it: headstart predict {run_dir} {samples} --out {run_dir}/predictions.csv")
     return {"test_accuracy": acc, "minutes": minutes, "run_dir": str(run_dir)}
 
