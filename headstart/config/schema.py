@@ -120,8 +120,9 @@ class DataConfig(_Section):
     label_delimiter: str | None = Field(None, min_length=1)  # e.g. ";" for "sport;politics"; implies multi_label
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # text files without test_path: stratified test hold-out
     max_bad_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    # Image folders: decoded into memory, or once into a memory-mapped store on disk (docs/data_store.md);
-    # auto: disk above store_threshold GB decoded (default: a quarter of the available memory, at most 8 GB).
+    # Image folders and text files: decoded (tokenised) into memory, or once into a memory-mapped store on disk
+    # (docs/data_store.md); auto: disk above store_threshold GB held in memory (default: a quarter of the
+    # available memory, at most 8 GB).
     store: Literal["auto", "memory", "disk"] = "auto"
     store_dir: str | None = None  # default $HEADSTART_STORE_DIR or ~/.cache/headstart/stores
     store_threshold: float | None = Field(None, gt=0.0)

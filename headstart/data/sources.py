@@ -14,9 +14,8 @@ from ..errors import ConfigError, DataError
 from . import datasets as builtin
 from .images import image_folder, subsample_per_class
 from .splits import DataSplits
+from .store import DEFAULT_STORED_SIZE
 from .text import is_text_file, text_file
-
-DEFAULT_STORED_SIZE = 256  # image folders read without a model: the usual 224 px eval transform's resize
 
 
 def stored_size(preprocessing) -> int:
@@ -57,9 +56,9 @@ def resolve_source(source: str, spec=None, *, builtin_name: bool | None = None, 
         val_fraction, test_fraction: held-out fractions where the source has no val / test part of its own
             (0 keeps everything in the training split, for evaluating a whole folder or file).
         max_bad_fraction: an image folder's unreadable files are skipped, up to this fraction.
-        store, store_dir, store_threshold: where an image folder's decoded images live: "memory", "disk" (a
-            memory-mapped store under `store_dir`) or "auto" (disk above `store_threshold` GB decoded); see
-            `image_folder` and docs/data_store.md.
+        store, store_dir, store_threshold: where an image folder's decoded images, or a text file's token ids,
+            live: "memory", "disk" (a memory-mapped store under `store_dir`) or "auto" (disk above
+            `store_threshold` GB); see `image_folder`, `text_file` and docs/data_store.md.
     """
     if builtin_name if builtin_name is not None else is_builtin(source):
         extra = {"test_fraction": test_fraction} if test_fraction else {}
@@ -68,7 +67,8 @@ def resolve_source(source: str, spec=None, *, builtin_name: bool | None = None, 
     if is_text_file(source):
         splits = text_file(source, text_column, label_column, text_pair=text_pair, multi_label=multi_label,
                            label_delimiter=label_delimiter, val=val, test=test, val_fraction=val_fraction,
-                           test_fraction=test_fraction, seed=seed)
+                           test_fraction=test_fraction, seed=seed, store=store, store_dir=store_dir,
+                           store_threshold=store_threshold)
     elif Path(source).is_dir():
         if spec is not None and spec.modality != "image":
             raise ConfigError(f"data {source!r} is an image folder, but the backbone {spec.source} takes "

@@ -45,6 +45,7 @@ from .images import (FOLDER_STORES, IMAGE_EXTENSIONS, ImageData, MappedImages, _
                      check_unreadable)
 
 FORMAT = 1
+DEFAULT_STORED_SIZE = 256  # image folders read without a model: the usual 224 px eval transform's resize
 CHUNK = 256  # images per chunk: the unit of work of a decoding process and of resuming
 MAX_AUTO_GB = 8.0  # `auto` goes to disk above this decoded size whatever the free memory
 # The in-memory path peaks near 3x the decoded size (issue 21: 3.26 GB RSS for a 1.06 GB tensor: the decoded
@@ -360,6 +361,24 @@ def _check_manifest(path: Path, verify: bool) -> tuple[ImageStore | None, str | 
     return store, None
 
 
+def lock_store(path: Path, what: str):
+    """The store folder `path`'s lock file, held exclusively until it is closed; while another process (a DDP
+    rank, a second run) builds the store, waits with a warning, then returns. OSError when the folder cannot
+    be written. Image and token stores (data/token_store.py) both lock this way."""
+    path.mkdir(parents=True, exist_ok=True)
+    lock = open(path / _LOCK, "a+")
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            warnings.warn(f"waiting for another process to finish the {what} at {path}", stacklevel=3)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+    except BaseException:
+        lock.close()
+        raise
+    return lock
+
+
 def open_store(root: str | os.PathLike, files: Sequence[str], stored_size: int,
                store_dir: str | os.PathLike | None = None, workers: int | None = None,
                progress: bool | None = None, verify: bool = False) -> ImageStore:
@@ -372,19 +391,13 @@ def open_store(root: str | os.PathLike, files: Sequence[str], stored_size: int,
     root = Path(root)
     path = store_path(root, stored_size, store_dir)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        lock = open(path / _LOCK, "a+")
+        lock = lock_store(path, "image store")
     except OSError as e:
         store, _ = _check_manifest(path, verify)  # a read-only store that is complete and current is fine
         if store is not None and _changes(store.manifest, _entries(root, files)) == ([], [], []):
             return store
         raise StoreUnavailable(f"cannot write the image store at {path} ({e.strerror or e}).") from None
     with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # another process (a DDP rank, a second run) is building it: wait, then read it
-            warnings.warn(f"waiting for another process to finish the image store at {path}", stacklevel=2)
-            fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             return _open_locked(path, root, files, stored_size, workers, progress, verify)
         except OSError as e:
@@ -515,6 +528,4 @@ def remove_stores(root: str | os.PathLike | None = None, store_dir: str | os.Pat
 
 def size_for(image_size: int | None) -> int:
     """The stored size `resolve_source` decodes a folder to for a model input of `image_size` pixels."""
-    from .sources import DEFAULT_STORED_SIZE
-
     return math.ceil(image_size / 0.875) if image_size else DEFAULT_STORED_SIZE

@@ -10,7 +10,7 @@ import csv
 import hashlib
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence, Union
 
@@ -22,6 +22,7 @@ from .batcher import BATCHERS, SplitBatcher
 from .batches import iterate_batches
 from .images import hash_tensor, is_missing_label, require_two_classes, row_indices, stratified_split
 from .splits import DataSplits, Labelled
+from .token_store import encode_texts, file_entry, token_source
 
 Text = Union[str, tuple[str, str]]
 TEXT_FILE_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet")
@@ -41,13 +42,15 @@ class TextData(Labelled):
 
     targets: (N,) int64 class indices; (N, K) float32 multi-hot for multi-label data; or (N,) float32 for
     regression (with no classes). `columns` records which file columns the texts came from, so a saved model
-    can read the same columns at prediction time.
+    can read the same columns at prediction time. `tokens`, for rows of a text file on the disk store
+    (docs/data_store.md), is where the batcher reads their token ids instead of tokenising them.
     """
 
     texts: list[Text]
     targets: torch.Tensor
     classes: list[str]
     columns: dict[str, Any] | None = None
+    tokens: Any = field(default=None, repr=False, compare=False)  # a token_store.TextTokens, or None
 
     modality: ClassVar[str] = "text"
 
@@ -66,7 +69,7 @@ class TextData(Labelled):
         """A new TextData holding the given rows (int indices or a boolean mask), in that order."""
         idx = row_indices(indices, len(self))
         return TextData([self.texts[i] for i in idx.tolist()], self.targets[idx], list(self.classes),
-                        self.columns)
+                        self.columns, self.tokens.take(idx) if self.tokens is not None else None)
 
     def fingerprint(self) -> str:
         """sha256 hex digest of the texts, targets and class names (identifies the data's content)."""
@@ -393,7 +396,8 @@ def text_file(path: str | Path, text_column: str | Sequence[str] = "text", label
               text_pair: bool = False, multi_label: bool = False, label_delimiter: str | None = None,
               classes: Sequence[str] | None = None, label_names: Mapping[str, str] | Sequence[str] | None = None,
               val: str | Path | None = None, test: str | Path | None = None, val_fraction: float = 0.1,
-              test_fraction: float = 0.0, seed: int = 0, name: str | None = None) -> DataSplits:
+              test_fraction: float = 0.0, seed: int = 0, name: str | None = None, store: str = "auto",
+              store_dir: str | Path | None = None, store_threshold: float | None = None) -> DataSplits:
     """Load labelled texts from a CSV, TSV, JSONL, JSON or Parquet file into train / val / test splits.
 
     Args:
@@ -405,6 +409,10 @@ def text_file(path: str | Path, text_column: str | Sequence[str] = "text", label
             string split at `label_delimiter` (which implies multi_label). Targets become float multi-hot.
         val, test: separate files with the same columns; otherwise seeded stratified `test_fraction` and then
             `val_fraction` of the rest are held out. Labels in val/test that training never has are an error.
+        store: "memory" tokenises the texts in memory whenever a model batches them; "disk" tokenises each
+            file once per tokenizer into a memory-mapped store under `store_dir` (docs/data_store.md) that
+            later runs and processes read; "auto" picks disk when tokenising in memory would take more than
+            `store_threshold` GB (default: a quarter of the available memory, at most 8 GB).
 
     Example:
         data = hs.data.text_file("news.csv", text_column=["title", "body"], label_column="topic")
@@ -422,19 +430,27 @@ def text_file(path: str | Path, text_column: str | Sequence[str] = "text", label
     spec = {"text_columns": cols, "text_pair": bool(text_pair), "label_column": label_column,
             "multi_label": bool(multi_label), "label_delimiter": label_delimiter, "label_names": label_names}
     path = Path(path)
+
+    def tokens(file: Path, entry: list | None, part: TextData):  # where the part's token ids will come from
+        return token_source(file, entry, part, store, store_dir, store_threshold) if entry else None
+
+    entry = file_entry(path) if store != "memory" and path.is_file() else None  # before reading: see token_source
     columns, rows = read_records(path)
     fixed = [str(c) for c in classes] if classes is not None else None
     if fixed is not None and len(set(fixed)) != len(fixed):
         raise DataError(f"classes must be unique, got duplicates in {fixed[:20]}.")
     train = _part(rows, columns, str(path), spec, fixed, f"{path.name}")
+    train.tokens = tokens(path, entry, train)
     require_two_classes(train, f"{str(path)!r} (label column {label_column!r})",
                         "Add rows with a second label to the file, or pick the right label_column.")
     parts = {}
     for what, other in (("val", val), ("test", test)):
         if other is not None:
+            other_entry = file_entry(other) if store != "memory" and Path(other).is_file() else None
             other_cols, other_rows = read_records(other)
             parts[what] = _part(other_rows, other_cols, str(other), spec, train.classes,
                                 f"the {what} file {Path(other).name}")
+            parts[what].tokens = tokens(Path(other), other_entry, parts[what])
     train, val_part, test_part = _split_parts(train, parts.get("val"), parts.get("test"), val_fraction,
                                               test_fraction, seed)
     return DataSplits(train, val_part, test_part, list(train.classes), name=name or path.stem, modality="text")
@@ -547,12 +563,22 @@ class TextBatcher(SplitBatcher):
         if tokenizer.pad_token_id is None:
             raise DataError(f"the tokenizer from {pre.tokenizer} has no padding token; batches cannot be padded.")
         self.pad_id = int(tokenizer.pad_token_id)
-        texts = data.texts
-        if data.is_pair:
-            enc = tokenizer([a for a, _ in texts], [b for _, b in texts], truncation=True,
-                            max_length=pre.max_length)
+        # Rows of a text file on the disk store: their ids are read from its memory map, not tokenised here.
+        stored = data.tokens.open(tokenizer, pre.max_length) if data.tokens is not None else None
+        if stored is not None:
+            self.lengths, self.offsets = stored.lengths, stored.starts  # offsets[i]: where row i's ids start
+            self.input_ids, self.token_type_ids = stored.input_ids, stored.token_type_ids
+            top = stored.max_id
         else:
-            enc = tokenizer(list(texts), truncation=True, max_length=pre.max_length)
+            self._tokenise(data, tokenizer, pre.max_length)
+            top = int(self.input_ids.max()) if self.input_ids.numel() else -1
+        if pre.vocab_size is not None and top >= pre.vocab_size:
+            raise DataError(f"the tokenizer from {pre.tokenizer} produced token id {top}, but "
+                            f"the model's embedding table has {pre.vocab_size} rows: tokenizer and model do not "
+                            f"match. Use the tokenizer saved with the model.")
+
+    def _tokenise(self, data: TextData, tokenizer, max_length: int) -> None:
+        enc = encode_texts(tokenizer, data.texts, max_length, data.is_pair)
         ids = enc["input_ids"]
         self.lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
         self.offsets = torch.zeros(len(ids) + 1, dtype=torch.long)
@@ -562,10 +588,6 @@ class TextBatcher(SplitBatcher):
         self.token_type_ids = None
         if "token_type_ids" in enc and "token_type_ids" in tokenizer.model_input_names:
             self.token_type_ids = torch.tensor([t for x in enc["token_type_ids"] for t in x], dtype=torch.int64)
-        if pre.vocab_size is not None and self.input_ids.numel() and int(self.input_ids.max()) >= pre.vocab_size:
-            raise DataError(f"the tokenizer from {pre.tokenizer} produced token id {int(self.input_ids.max())}, but "
-                            f"the model's embedding table has {pre.vocab_size} rows: tokenizer and model do not "
-                            f"match. Use the tokenizer saved with the model.")
 
     def order(self, batch_size: int, shuffle: bool, seed: int, epoch: int, rank: int = 0,
               world_size: int = 1) -> list[torch.Tensor]:
