@@ -291,6 +291,22 @@ def epoch_axis(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
 
 
+def plot_column(ax, history: list[dict], key: str, **style) -> None:
+    """One metrics column against the epoch (rows without a number for it are skipped)."""
+    points = [(r["epoch"], r[key]) for r in history if isinstance(r.get(key), (int, float))]
+    if points:
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker="o", markersize=3, **style)
+
+
+def finish_epoch_panel(ax, title: str) -> None:
+    ax.set_title(title)
+    epoch_axis(ax)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
 def curve_keys(history: list[dict]) -> tuple[list[str], list[str]]:
     """Loss columns and validation metric columns of metrics.jsonl, in their first appearance order."""
     keys: list[str] = []
@@ -307,15 +323,8 @@ def curves_figure(history: list[dict]):
     left, right = fig.subplots(1, 2)
     for ax, keys, title in ((left, losses, "loss"), (right, metrics, "validation metrics")):
         for key in keys[:10]:
-            points = [(r["epoch"], r[key]) for r in history if isinstance(r.get(key), (int, float))]
-            if points:
-                xs, ys = zip(*points)
-                ax.plot(xs, ys, marker="o", markersize=3, label=key, linestyle="--" if key.startswith("train") else "-")
-        ax.set_title(title)
-        epoch_axis(ax)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+            plot_column(ax, history, key, label=key, linestyle="--" if key.startswith("train") else "-")
+        finish_epoch_panel(ax, title)
     return fig
 
 
@@ -426,15 +435,8 @@ def compare_figure(names: list[str], histories: list[list[dict]], metric: str):
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, key in zip(axes, panels):
         for name, history in zip(names, histories):
-            points = [(r["epoch"], r[key]) for r in history if isinstance(r.get(key), (int, float))]
-            if points:
-                xs, ys = zip(*points)
-                ax.plot(xs, ys, marker="o", markersize=3, label=short(name, 24))
-        ax.set_title(key)
-        epoch_axis(ax)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+            plot_column(ax, history, key, label=short(name, 24))
+        finish_epoch_panel(ax, key)
     return fig
 
 

@@ -21,15 +21,7 @@ from headstart.data import make_batcher, text_file
 from headstart.data import token_store as ts
 from headstart.data.text import TextBatcher
 from headstart.errors import DataError
-from test_text import FAST, VOCAB, sentiment_rows, write_csv, write_tiny_bert
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from test_text import FAST, VOCAB, _one_thread, sentiment_rows, write_csv, write_tiny_bert  # noqa: F401 (an autouse fixture)
 
 
 @pytest.fixture(scope="module")
