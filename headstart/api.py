@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,14 @@ from .data.tasks import combine_tasks, derive_tasks, table_tasks, tasks_of
 from .errors import ConfigError, HeadstartError
 from .model import TransferModel, create_model
 from .objectives import Objective, domain_term, multitask_objective, task_objective
-from .plan.auto import DECISION_FILE, choose
+from .plan.auto import DECISION_FILE, choose, parse_budget
 from .plan.lr_find import SWEEP_DEFAULTS, LRFind, check_range, find_lr
 from .plan.rank import rank as _rank
 from .report import check_run, report_after_fit
 from .report import write_report as _write_report
 from .run import RunFolder, RunResult, prepare_head, prepare_task_heads
 from .run import fit as run_fit
+from .run.settings import with_schedule
 from .strategies import get_strategy
 
 
@@ -36,7 +38,7 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         resume: bool = False, bn: str = "auto", augment: bool = True, record: RunConfig | None = None,
         weighting: str | dict[str, Any] = "equal", task_weights: dict[str, float] | None = None,
         task_metrics: dict[str, list[str]] | None = None, domain: str | None = None, domain_weight: float = 1.0,
-        **train: Any) -> RunResult:
+        started: float | None = None, **train: Any) -> RunResult:
     """Train `model` on `data` and write a run folder; returns the history and best/test metrics.
 
     Args:
@@ -52,6 +54,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         domain, domain_weight: unsupervised domain adaptation on data with unlabeled target inputs
             (``hs.data.with_target``): ``dann``, ``cdan``, ``mcc``, ``coral`` or ``mmd``, added to the task loss
             with this weight.
+        started: when the clock of ``budget`` and ``time_limit`` started (``time.time()``); default: this
+            call. The CLI passes its process's start, so a budget covers loading the data too.
         **train: any ``train.*`` config key (epochs, lr, batch_size, precision, early_stopping={...}, ...)
             and any ``strategy.*`` option (trainable, unfreeze_every, lp_epochs, layer_decay, lora_r, budget...).
 
@@ -60,17 +64,27 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         run = hs.fit(model, data, "lp-ft", lp_epochs=2, ft_lr_scale=0.1, epochs=5, out="runs/lpft")
     """
     options = {k: train.pop(k) for k in list(train) if k in strategy_config().model_fields and k != "name"}
+    if isinstance(options.get("budget"), (int, float)) and not isinstance(options["budget"], bool):
+        options["budget"] = f"{float(options['budget']):f}s"  # budget=90 from Python: seconds, as in a config "90s"
     chosen = validate_config({"strategy": {"name": strategy, "bn": bn, **options}}).strategy
     decision = None
     given_head_lr = train.get("head_lr")  # before auto adds its own: lr "auto" sets head_lr itself
     if chosen.name == "auto" and tasks_of(data) is not None:
         raise ConfigError("strategy 'auto' chooses for single-task data; name a strategy for a multi-task run "
                           "(full, partial, lora, lp-ft, ...)")
+    started = started if started is not None else time.time()
+    until = None
     if chosen.name == "auto":  # the planner chooses a strategy and settings; the user's explicit ones win
         prepare_head(model, data, train.get("seed", 0))
-        decision = choose(model, data, chosen.budget, train.get("epochs"), seed=train.get("seed", 0),
+        budget = parse_budget(chosen.budget)
+        until = started + budget if budget is not None else None
+        # Timed and planned at the schedule full fine-tuning would get (the planner fits the epochs to the budget).
+        timing, _ = with_schedule(train_settings(validate_config({"train": {**train, "lr": None}}).train),
+                                  model.spec.modality, len(data.train), "full")
+        decision = choose(model, data, budget, train.get("epochs") or timing.epochs, seed=train.get("seed", 0),
                           cache_dir=train.get("cache_dir"), run_dir=out if resume else None, fit=fit,
-                          judge={k: train.get(k) for k in ("metric", "positive_class")})
+                          judge={k: train.get(k) for k in ("metric", "positive_class")}, settings=timing,
+                          started=started)
         chosen = validate_config({"strategy": {"name": decision.strategy, "bn": bn, **decision.options}}).strategy
         train = {**decision.train, **train}
         if train.get("progress", True):
@@ -81,7 +95,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         train_cfg = lr_reference(train_cfg, decision, given_head_lr)
     settings = train_settings(train_cfg)
     plan = get_strategy(chosen.name, bn=bn, **chosen.options())
-    plan.check_schedule(settings.epochs)
+    resolved, _ = with_schedule(settings, model.spec.modality, len(data.train), chosen.name)
+    plan.check_schedule(resolved.epochs)
     prepare_head(model, data, settings.seed)
     objective = run_objective(model, data, loss_settings(train_cfg), weighting, task_weights, task_metrics,
                               settings.seed)
@@ -96,6 +111,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
             print(found.explain())
         train_cfg = train_cfg.model_copy(update={"lr": found.lr, "head_lr": found.head_lr})
         settings = train_settings(train_cfg)
+    # config.yaml states the epochs and batch size the run uses; run.fit resolves the same (and says why).
+    train_cfg = train_cfg.model_copy(update={"epochs": resolved.epochs, "batch_size": resolved.batch_size})
     record = resolved_record(record, model, data, chosen, augment, train_cfg, out)
     folder = RunFolder.open(out, record.model_dump(mode="json"), resume,
                             normalise=lambda saved: validate_config(saved).model_dump(mode="json"))
@@ -108,7 +125,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         folder.close()
         raise
     writes = folder.writes  # the folder's holder (rank 0 under torchrun) writes the report
-    result = run_fit(model, data, plan, objective, settings, folder, augment=augment)
+    result = run_fit(model, data, plan, objective, settings, folder, augment=augment, started=started,
+                     until=None if resume else until)
     if settings.report and writes:
         result.extra["report"] = report_after_fit(result.run_dir, data,
                                                   model.backbone.net if model.spec.is_custom else None)
@@ -159,6 +177,8 @@ def lr_find(model: TransferModel, data: DataSplits, strategy: str = "full", *, o
         run = hs.fit(model, data, "full", lr=found.lr)
     """
     options = {k: train.pop(k) for k in list(train) if k in strategy_config().model_fields and k != "name"}
+    if isinstance(options.get("budget"), (int, float)) and not isinstance(options["budget"], bool):
+        options["budget"] = f"{float(options['budget']):f}s"  # budget=90 from Python: seconds, as in a config "90s"
     chosen = validate_config({"strategy": {"name": strategy, "bn": bn, **options}}).strategy
     if chosen.name == "auto":
         raise ConfigError("lr-find sweeps one named strategy; for strategy auto, train with lr 'auto' "
@@ -328,12 +348,13 @@ def add_task_heads(cfg: RunConfig, model: TransferModel, data: DataSplits) -> No
 
 
 def fit_from_config(cfg: RunConfig, resume: bool = False, *, model: TransferModel | None = None,
-                    data: DataSplits | None = None) -> RunResult:
+                    data: DataSplits | None = None, started: float | None = None) -> RunResult:
     """Build the model and data a run config names, and fit: what the CLI and `headstart demo` call.
 
     `model` and `data`, when given, are what `model_from_config` and `data_from_config` would build (the
-    demo keeps the data to write samples).
+    demo keeps the data to write samples). `started`: when the budget's clock started (default: now).
     """
+    started = started if started is not None else time.time()
     model = model if model is not None else model_from_config(cfg)
     data = data if data is not None else data_from_config(cfg, model)
     if cfg.domain.method is not None and cfg.data.target is None:
@@ -354,7 +375,7 @@ def fit_from_config(cfg: RunConfig, resume: bool = False, *, model: TransferMode
     if cfg.domain.method is not None:
         multi |= {"domain": cfg.domain.method, "domain_weight": cfg.domain.weight}
     return fit(model, data, cfg.strategy.name, out=cfg.out, resume=resume, bn=cfg.strategy.bn,
-               augment=cfg.data.augment, record=cfg, **multi, **cfg.strategy.options(), **train)
+               augment=cfg.data.augment, record=cfg, started=started, **multi, **cfg.strategy.options(), **train)
 
 
 @functools.wraps(_rank)

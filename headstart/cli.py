@@ -59,7 +59,10 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         epochs: Optional[int] = typer.Option(None, help="train.epochs"),
         lr: Optional[str] = typer.Option(None, help="train.lr: a number, or auto (the LR finder's suggestion, "
                                                     "found before training; see headstart lr-find)"),
-        budget: Optional[str] = typer.Option(None, help="time budget for --strategy auto, e.g. 10m (strategy.budget)"),
+        budget: Optional[str] = typer.Option(None, help="time budget for --strategy auto, e.g. 10m, from the command's "
+                                                        "start to its written results (strategy.budget)"),
+        time_limit: Optional[str] = typer.Option(None, "--time-limit", help="stop any strategy's training in time "
+                                                 "to finish within this, e.g. 90s (train.time_limit)"),
         metric: Optional[str] = typer.Option(None, help="what picks the best epoch: accuracy, balanced_accuracy, "
                                                         "macro_f1, f1, auroc (train.metric)"),
         positive_class: Optional[str] = typer.Option(None, "--positive-class",
@@ -72,6 +75,7 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
     """Train a model; writes a run folder (config, metrics, checkpoints, best model bundle)."""
     from .api import fit_from_config
     from .config import load_config
+    from .run.deadline import process_started
     from .run.distributed import launch, launched, without_flag
 
     if nproc > 1 and not launched():
@@ -93,6 +97,7 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
     overrides = list(set_)
     for key, value in (("model.backbone", backbone), ("model.weights", weights), ("strategy.name", strategy),
                        ("train.epochs", epochs), ("train.lr", lr), ("strategy.budget", budget),
+                       ("train.time_limit", time_limit),
                        ("train.metric", metric), ("train.positive_class", positive_class),
                        ("multitask.weighting", weighting),
                        ("data.target", target_data), ("domain.method", objective),
@@ -103,7 +108,7 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
     if task:
         overrides.append(f"tasks={json.dumps(task_list(task))}")
     cfg = load_config(config, overrides)
-    result = fit_from_config(cfg, resume=resume is not None)
+    result = fit_from_config(cfg, resume=resume is not None, started=process_started())
     typer.echo(f"best epoch {result.best_epoch}: " + format_metrics(result.best_metrics))
     if result.test_metrics:
         typer.echo("test: " + format_metrics(result.test_metrics))

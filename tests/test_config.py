@@ -31,7 +31,7 @@ def test_defaults_validate():
     assert cfg == RunConfig()
     assert (cfg.model.backbone, cfg.model.weights) == ("auto", "auto")  # pretrained, chosen by the data
     assert cfg.model.head == "linear"
-    assert cfg.train.epochs == 5
+    assert cfg.train.epochs is None and cfg.train.batch_size is None  # by modality and data size
     assert cfg.train.lr is None  # the strategy's default for the backbone's modality
     assert cfg.train.early_stopping.patience is None
     assert cfg.strategy.name == "full"
@@ -142,7 +142,7 @@ def test_apply_overrides_returns_new_validated_config():
     assert cfg.train.batch_size == 64
     assert cfg.train.optimizer == "sgd"
     assert cfg.train.channels_last == "on"
-    assert base.train.batch_size == 32  # the original is untouched
+    assert base.train.batch_size is None  # the original is untouched
     assert cfg.model == base.model
     with pytest.raises(ConfigError, match="train.batch_size: received 0"):
         apply_overrides(base, ["train.batch_size=0"])

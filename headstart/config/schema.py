@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 from ..errors import ConfigError
 from ..objectives import DOMAIN_TERMS, WEIGHTINGS, LossSettings
 from ..options import declared
+from ..run.deadline import parse_duration
 from ..run.settings import TrainSettings
 from ..strategies import STRATEGIES, StrategyOptions, strategy_options
 
@@ -276,6 +277,11 @@ def _strategy_option_fields() -> dict[str, tuple[Any, Any]]:
 class _TrainSection(_Section):
     """Optimisation, precision, loss, evaluation and caching settings (`run.TrainSettings` and
     `objectives.LossSettings`)."""
+
+    @field_validator("time_limit", mode="before", check_fields=False)
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return value if isinstance(value, bool) else parse_duration(value, "train.time_limit")
 
     @field_validator("channels_last", mode="before", check_fields=False)
     @classmethod

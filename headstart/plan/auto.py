@@ -2,9 +2,15 @@
 
 The choice reads the task and the data (samples per class, classes), a measured domain-shift signal (the
 k-fold linear-probe accuracy of the frozen features, from one cached extraction pass that a linear probe
-then reuses), the model's size and cost (FLOPs counted on one sample, turned into seconds with a documented
-throughput), and a time budget. It writes its reasons. Where the budget leaves room, a successive-halving
-race of the two leading candidates on a third of the data confirms the heuristic instead of trusting it.
+then reuses), the model's size, and a time budget. It writes its reasons. Where the budget leaves room, a
+successive-halving race of the two leading candidates on a third of the data confirms the heuristic instead
+of trusting it.
+
+A budget is a promise about the whole command, from its start to the written results (test pass included):
+with one, auto times real forward passes and training steps (`throughput.py`), charges what has been spent
+already (loading, measuring, the race) and what must follow training (validation, test pass, report), and
+picks the strategy and the epochs that fit what is left; the run's deadline (`run/deadline.py`) then stops
+training early if the estimate was short.
 
 Why these rules (evidence: the strategy grid in bench/results and the literature):
 - very few samples per class (< 10 for images, < 5 for text): fine-tuning everything overfits, yet the grid
@@ -30,8 +36,8 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -42,8 +48,11 @@ from ..atomic import atomic_write_text
 from ..data import DataSplits, make_batcher, stratified_split
 from ..errors import ConfigError
 from ..features import cached_features
+from ..run.deadline import finish_seconds, parse_duration
 from ..run.selection import proportion_se
+from ..run.settings import TrainSettings, with_schedule
 from ..runtime import inference_placement
+from .throughput import measure_throughput
 from .transferability import linear_probe_proxy
 
 # Effective CPU throughput (GFLOP/s) used to turn FLOPs into seconds: about half the measured bf16 peak of the
@@ -51,6 +60,9 @@ from .transferability import linear_probe_proxy
 # Fixed numbers keep the decision deterministic for a given model, data, seed and budget.
 INFER_GFLOPS = 300.0
 TRAIN_GFLOPS = 120.0
+# A training step of a head on cached features is Python overhead (objective, backward, AdamW, schedule):
+# about 2 ms here, whatever the model.
+HEAD_STEP_S = 2e-3
 FULL_PER_CLASS = 120  # images: from this many samples per class, full fine-tuning (see the rules above)
 DECISION_FILE = "auto.json"
 
@@ -71,12 +83,7 @@ def learning_rates(strategy: str, modality: str) -> dict[str, float]:
 
 def parse_budget(budget: str | float | int | None) -> float | None:
     """'90s', '10m', '1.5h' or a number of seconds -> seconds."""
-    if budget is None or isinstance(budget, (int, float)):
-        return None if budget is None else float(budget)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", str(budget))
-    if not m:
-        raise ConfigError(f"cannot read the budget {budget!r}; write seconds, minutes or hours like 90s, 10m, 1.5h")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+    return parse_duration(budget, "the budget")
 
 
 @dataclass
@@ -88,9 +95,15 @@ class Signals:
     num_classes: int
     per_class: float  # median training samples per class
     params_m: float  # backbone parameters, millions
-    infer_gflop: float  # forward FLOPs per sample
     modality: str
     probe_accuracy: float | None = None  # k-fold linear-probe accuracy of the frozen features
+    n_test: int = 0
+    # Measured seconds per sample (throughput.py), with a budget only: feature extraction, evaluation, and a
+    # training step by kind ("full", "partial", "lora").
+    extract_s: float | None = None
+    eval_s: float | None = None
+    step_s: dict[str, float] | None = None
+    batch_size: int | None = None  # the batch the steps were timed at
 
 
 @dataclass
@@ -113,36 +126,36 @@ class Decision:
         return "\n".join(lines)
 
 
-def forward_gflop(model, spec) -> float:
-    """FLOPs of one sample's forward pass, counted by torch (images; text at the spec's max length)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    if spec.modality == "image":
-        x: Any = torch.zeros(1, *spec.preprocessing.input_size)
-    else:
-        n = getattr(spec.preprocessing, "max_length", 128) or 128
-        x = {"input_ids": torch.ones(1, n, dtype=torch.long), "attention_mask": torch.ones(1, n, dtype=torch.long)}
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.backbone.forward_features(x)
-    return counter.get_total_flops() / 1e9
-
-
 def estimates(s: Signals, epochs: int) -> dict[str, float]:
-    """Seconds each candidate needs: extraction at inference speed, steps at 3x forward FLOPs.
+    """Seconds each candidate still needs, from the measured throughput (empty when nothing was timed).
 
-    Measuring the shift signal costs one extraction pass over the training set, which the linear probe and
-    LP-FT's first phase reuse from the cache; the strategies that cannot reuse it pay for it on top.
+    Every candidate pays a validation pass per epoch and the finish: the test pass, the report's second pass
+    over the test split, and the fixed costs of the bundle and the report. The linear probe and LP-FT's
+    first phase run on cached features; the training features are cached already when the shift signal was
+    measured. LoRA's step, when not timed, is charged as a full one (on a CPU it is not cheaper).
     """
-    extract = (s.n_train + s.n_val) * s.infer_gflop / INFER_GFLOPS
-    measured = s.n_train * s.infer_gflop / INFER_GFLOPS if s.probe_accuracy is not None else 0.0
-    step = s.n_train * 3 * s.infer_gflop / TRAIN_GFLOPS  # one epoch of full training
-    val = s.n_val * s.infer_gflop / INFER_GFLOPS
-    return {"linear-probe": extract,
-            "partial": measured + extract + epochs * (0.4 * step + val),  # the last group; 0.4 errs high
-            "lp-ft": extract + max(epochs - 1, 1) * (step + val),
-            "full": measured + epochs * (step + val),
-            "lora": measured + epochs * (0.9 * step + val)}
+    if s.eval_s is None or s.extract_s is None or not s.step_s:
+        return {}
+    val = s.n_val * s.eval_s
+    finish = 2 * s.n_test * s.eval_s + finish_seconds(s.params_m)
+    features = (0.0 if s.probe_accuracy is not None else s.n_train * s.extract_s) + s.n_val * s.extract_s
+    head_epoch = math.ceil(s.n_train / (s.batch_size or 32)) * HEAD_STEP_S  # a step on cached features
+
+    def train(kind: str, e: int) -> float:
+        return e * (s.n_train * s.step_s.get(kind, s.step_s["full"]) + val)
+
+    return {"linear-probe": features + epochs * head_epoch + finish,
+            "partial": train("partial", epochs) + finish,
+            "lp-ft": features + head_epoch + train("full", max(epochs - 1, 1)) + finish,
+            "full": train("full", epochs) + finish,
+            "lora": train("lora", epochs) + finish}
+
+
+def affordable(s: Signals, name: str, budget_s: float | None, epochs: int) -> int:
+    """The most epochs (up to `epochs`) of strategy `name` whose estimate fits `budget_s` seconds; 0 if none."""
+    if budget_s is None:
+        return epochs
+    return max([e for e in range(1, epochs + 1) if estimates(s, e)[name] <= budget_s], default=0)
 
 
 def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Decision:
@@ -150,16 +163,18 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
     reasons: list[str] = []
     epochs = epochs or 5
     est = estimates(s, epochs)
-    if budget_s is not None and budget_s < est["linear-probe"]:
-        raise ConfigError(f"a budget of {budget_s:.0f}s is too small to train anything here: even a linear probe "
-                          f"needs about {est['linear-probe']:.0f}s ({s.n_train + s.n_val} samples through a "
-                          f"{s.params_m:.1f}M-parameter backbone). Raise the budget or use fewer samples.")
-
-    def fits(name: str, e: int = epochs) -> bool:
-        return budget_s is None or estimates(s, e)[name] <= budget_s
+    if budget_s is not None and not est:
+        raise ValueError("decide() with a budget needs measured throughput: Signals from measure(..., timed=True)")
+    if budget_s is not None and budget_s < estimates(s, 1)["linear-probe"]:
+        least = estimates(s, 1)["linear-probe"]
+        raise ConfigError(f"the budget leaves {max(budget_s, 0):.0f}s after loading and measuring, too little to "
+                          f"train anything here: even a linear probe needs about {least:.0f}s "
+                          f"({s.n_train + s.n_val + s.n_test} samples through a {s.params_m:.1f}M-parameter "
+                          f"backbone at {1 / s.extract_s:.0f} samples/s, a training step at "
+                          f"{1 / s.step_s['full']:.0f} samples/s). Raise the budget or use fewer samples.")
 
     def affordable_epochs(name: str) -> int:
-        return max([e for e in range(1, epochs + 1) if fits(name, e)], default=0)
+        return affordable(s, name, budget_s, epochs)
 
     probe = s.probe_accuracy
     train: dict[str, Any] = {}
@@ -180,6 +195,7 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
         reasons.append(f"frozen features already separate the task (linear-probe proxy {probe:.3f} >= 0.97)")
     elif s.modality == "text" and s.params_m > 80 and affordable_epochs("lora") >= 2:
         choice, options = "lora", {"lora_r": 8}
+        train["epochs"] = affordable_epochs("lora")
         reasons.append(f"{s.params_m:.0f}M-parameter encoder: LoRA keeps memory and checkpoints small")
     elif s.modality == "text" and affordable_epochs("full") >= 2:
         choice = "full"
@@ -211,24 +227,37 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
     else:
         choice = "linear-probe"
         reasons.append("only a linear probe fits the budget")
+    if choice == "linear-probe" and budget_s is not None:
+        train["epochs"] = max(affordable_epochs("linear-probe"), 1)
     train.update(learning_rates(choice, s.modality))
     if probe is not None:
         reasons.append(f"signals: {s.n_train} training samples, {s.num_classes} classes, "
                        f"{s.params_m:.1f}M parameters, linear-probe proxy {probe:.3f}")
-    return Decision(choice, options, train, reasons, est, asdict(s))
+    return Decision(choice, options, train, reasons, {k: round(v, 1) for k, v in est.items()}, asdict(s))
 
 
-def measure(model, data, *, seed: int = 0, cache_dir=None, max_probe: int = 4000) -> Signals:
-    """Signals of a model and data set; the frozen features go through the feature cache (one pass)."""
+def measure(model, data, *, seed: int = 0, cache_dir=None, max_probe: int = 4000,
+            timing: TrainSettings | None = None, left_s: float | None = None) -> Signals:
+    """Signals of a model and data set; the frozen features go through the feature cache (one pass).
+
+    With `timing` (the run's settings; given with a budget) the throughput is measured too, and the shift
+    signal is skipped when its extraction would take more than a quarter of the `left_s` seconds left.
+    """
     train = data.train
     targets = train.targets
     counts = torch.bincount(targets) if targets.ndim == 1 and not targets.is_floating_point() else None
     per_class = float(counts[counts > 0].median()) if counts is not None else float(len(train))
     s = Signals(len(train), len(data.val) if data.val is not None else 0, len(data.classes), per_class,
-                sum(p.numel() for p in model.backbone.parameters()) / 1e6, forward_gflop(model, model.spec),
-                model.spec.modality)
+                sum(p.numel() for p in model.backbone.parameters()) / 1e6, model.spec.modality,
+                n_test=len(data.test) if data.test is not None else 0)
+    if timing is not None:
+        kinds = ("full", "partial") + (("lora",) if s.modality == "text" and s.params_m > 80 else ())
+        speed = measure_throughput(model, train, timing, kinds)
+        s.extract_s, s.eval_s, s.step_s, s.batch_size = speed.extract_s, speed.eval_s, speed.step_s, timing.batch_size
     if counts is None or len(train) > max_probe:
         return s  # regression / multi-label, or too large to probe cheaply: decide without the shift signal
+    if left_s is not None and s.extract_s is not None and len(train) * s.extract_s > left_s / 4:
+        return s  # the budget cannot spare an extraction pass for the signal
     placement = inference_placement(model)
     feats, _ = cached_features(model.backbone, model.spec, make_batcher(train, model.spec, train=False),
                                train.fingerprint(), cache_dir=cache_dir, bf16=placement.bf16,
@@ -265,14 +294,17 @@ def race(model, data, decision: Decision, budget_s: float, epochs: int, *, fit: 
     heuristic stands. `fit` trains each contender (`hs.fit`'s signature). Updates `decision` in place.
     """
     est = decision.estimates_s
-    others = [c for c in RACE_ORDER if c != decision.strategy and est.get(c, math.inf) <= budget_s]
-    if not others or decision.strategy not in RACE_ORDER or data.val is None or data.train.targets.ndim != 1:
+    # LP-FT's probe phase takes the first epoch: in a 1-epoch run it would never fine-tune.
+    others = [c for c in RACE_ORDER if c != decision.strategy and est.get(c, math.inf) <= budget_s
+              and not (c == "lp-ft" and decision.train.get("epochs", epochs) < 2)]
+    if (not others or decision.strategy not in RACE_ORDER or data.val is None or data.train.targets.ndim != 1
+            or data.train.targets.is_floating_point()):  # multi-label and regression: no accuracy to race by
         return
     # A third of the data can sit on the other side of a rule that depends on the data's size, and there the
     # race judges another regime: on a third of digits (43 per class) LP-FT beat full fine-tuning 0.869 to
     # 0.821, on all of it full won 0.958 to 0.925. The race runs only where the rules agree for both sizes.
     third = Signals(**{**decision.signals, "n_train": max(1, decision.signals["n_train"] // 3),
-                       "per_class": decision.signals["per_class"] / 3})
+                       "per_class": decision.signals["per_class"] / 3, "n_test": 0})
     regime = decide(third, None, epochs).strategy
     if regime != decide(Signals(**decision.signals), None, epochs).strategy:
         decision.reasons.append(f"no race: a third of the data ({third.per_class:.0f} per class) is a different "
@@ -280,7 +312,8 @@ def race(model, data, decision: Decision, budget_s: float, epochs: int, *, fit: 
         return
     contenders = [decision.strategy, others[0]]
     epochs = decision.train.get("epochs", epochs)
-    race_cost = sum(est[c] for c in contenders) / 3
+    small_est = estimates(third, epochs)
+    race_cost = sum(small_est[c] for c in contenders) if small_est else 0.0
     if race_cost + max(est[c] for c in contenders) > budget_s:
         return
     _, third = stratified_split(data.train.targets, 1 / 3, seed)
@@ -298,9 +331,10 @@ def race(model, data, decision: Decision, budget_s: float, epochs: int, *, fit: 
             options = decision.options if name == decision.strategy else (
                 lp_ft_options(model.spec.modality) if name == "lp-ft" else RACE_OPTIONS.get(name, {}))
             train = decision.train if name == decision.strategy else learning_rates(name, model.spec.modality)
+            # Each contender may overrun its estimate by half at most: the race must leave the winner its time.
+            limit = {"time_limit": 1.5 * small_est[name]} if small_est else {}
             run = fit(copy.deepcopy(model), small, name, out=f"{tmp}/{name}", progress=False, report=False,
-                      cache_dir=cache_dir,
-                      seed=seed, **{**train, **options, **judge, "epochs": epochs})
+                      cache_dir=cache_dir, seed=seed, **{**train, **options, **judge, **limit, "epochs": epochs})
             results.append({"strategy": name, "options": options, "train": train, "metric": score,
                             "val_score": run.best_metrics.get(score, float("nan")), "seconds": round(run.seconds, 1)})
     decision.race = results
@@ -324,24 +358,53 @@ def race(model, data, decision: Decision, budget_s: float, epochs: int, *, fit: 
 
 def choose(model, data, budget: str | float | None = None, epochs: int | None = None, *, seed: int = 0,
            cache_dir=None, run_dir: str | Path | None = None, fit: Callable[..., Any] | None = None,
-           judge: dict[str, Any] | None = None) -> Decision:
+           judge: dict[str, Any] | None = None, settings: TrainSettings | None = None,
+           started: float | None = None) -> Decision:
     """Measure, decide, and (with `run_dir`) write the decision and its reasons to `auto.json` there.
 
-    A run folder that already holds a decision reuses it, so a resumed run keeps its choice. With a budget,
-    the race trains its contenders with `fit` (`hs.fit`, which passes itself) and judges them by `judge`
-    (the run's ``metric`` and ``positive_class``).
+    A run folder that already holds a decision reuses it, so a resumed run keeps its choice. With a budget
+    (counted from `started`, time.time(); default: now), the throughput is timed at the run's `settings`
+    (batch size, precision), and the race trains its contenders with `fit` (`hs.fit`, which passes itself)
+    and judges them by `judge` (the run's ``metric`` and ``positive_class``). After the race, the epochs are
+    fitted again to the time then left.
     """
     if run_dir is not None and (Path(run_dir) / DECISION_FILE).is_file():
         saved = json.loads((Path(run_dir) / DECISION_FILE).read_text())
         return Decision(**saved)
     budget_s = parse_budget(budget)
-    decision = decide(measure(model, data, seed=seed, cache_dir=cache_dir), budget_s, epochs)
+    started = started if started is not None else time.time()
+    left = lambda: budget_s - (time.time() - started) if budget_s is not None else None  # noqa: E731
+    timing = None
+    if budget_s is not None:
+        timing, _ = with_schedule(settings or TrainSettings(), model.spec.modality, len(data.train), "full")
+    signals = measure(model, data, seed=seed, cache_dir=cache_dir, timing=timing, left_s=left())
+    decision = decide(signals, left(), epochs)
     if budget_s is not None:
         if fit is None:
             raise ValueError("choose() with a budget races candidates: pass fit=hs.fit")
-        race(model, data, decision, budget_s, epochs or 5, fit=fit, seed=seed, cache_dir=cache_dir, judge=judge)
+        race(model, data, decision, left(), epochs or 5, fit=fit, seed=seed, cache_dir=cache_dir, judge=judge)
+        refit_epochs(decision, left())
     if run_dir is not None:
         atomic_write_text(Path(run_dir) / DECISION_FILE, json.dumps(decision.to_dict(), indent=2))
     return decision
 
 
+def refit_epochs(decision: Decision, left_s: float) -> None:
+    """After the race: the chosen strategy's epochs fitted to the seconds now left (never more than decided)."""
+    s = Signals(**decision.signals)
+    planned = decision.train.get("epochs")
+    if planned is None or not decision.estimates_s:
+        return
+    fits = affordable(s, decision.strategy, left_s, planned)
+    decision.estimates_s = {k: round(v, 1) for k, v in estimates(s, max(fits, 1)).items()}
+    if fits >= planned:
+        return
+    if fits < (2 if decision.strategy == "lp-ft" else 1):  # LP-FT's first epoch is its probe phase
+        decision.reasons.append(f"{left_s:.0f}s left after the race: no epoch of {decision.strategy} fits; "
+                                "a linear probe on cached features instead")
+        decision.strategy, decision.options = "linear-probe", {}
+        decision.train = {k: v for k, v in decision.train.items() if k != "epochs"} | learning_rates(
+            "linear-probe", s.modality)
+        return
+    decision.train["epochs"] = fits
+    decision.reasons.append(f"{left_s:.0f}s left after the race: {fits} epochs of {decision.strategy} fit")

@@ -37,7 +37,7 @@ from ..atomic import atomic_write_text
 from ..errors import ConfigError, DataError
 from ..run.inputs import EpochInputs
 from ..run.optim import build_optimizer
-from ..run.settings import TrainSettings, with_rates
+from ..run.settings import TrainSettings, with_rates, with_schedule
 from ..run.trainer import Compute, param_groups
 from ..runtime import autocast, depthwise_in_fp32
 
@@ -129,10 +129,11 @@ def find_lr(model, data, strategy, objective, settings: TrainSettings = TrainSet
     check_range(sweeps, steps, min_lr, max_lr)
     if model.head is None:
         raise ConfigError("the LR finder needs the model's head: call run.prepare_head(model, data) first")
-    if len(data.train) < settings.batch_size:
-        raise DataError(f"the training split has {len(data.train)} samples, fewer than one batch "
-                        f"({settings.batch_size}); lower train.batch_size or give more data")
     s, _ = with_rates(replace(settings, progress=False), strategy.default_rates(model.spec.modality))
+    s, _ = with_schedule(s, model.spec.modality, len(data.train), strategy.name)
+    if len(data.train) < s.batch_size:
+        raise DataError(f"the training split has {len(data.train)} samples, fewer than one batch "
+                        f"({s.batch_size}); lower train.batch_size or give more data")
     rng = torch.get_rng_state()
     try:
         tests = []

@@ -147,9 +147,10 @@ def acquire_lock(path: Path):
     return handle
 
 
-# Settings that change what a run shows or where its data is held, never what it trains: a resume may change them.
-CHANGEABLE_ON_RESUME = frozenset({"train.progress", "train.report", "train.log", "data.store", "data.store_dir",
-                                  "data.store_threshold"})
+# Settings that change what a run shows, where its data is held or how long it may take, never what one step
+# trains: a resume may change them.
+CHANGEABLE_ON_RESUME = frozenset({"train.progress", "train.report", "train.log", "train.time_limit", "data.store",
+                                  "data.store_dir", "data.store_threshold"})
 
 
 def resume_state(path: Path, record: dict[str, Any], normalise: Callable[[dict], dict],

@@ -1,6 +1,7 @@
 """The training loop's two halves: one epoch of optimisation, and evaluation over a split."""
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from typing import Callable
 
@@ -13,13 +14,14 @@ from ..errors import TrainingError
 from ..metrics import compute_metrics, default_metrics, delta_m, information_maximization, mean_entropy
 from ..objectives import Objective
 from ..runtime import autocast, predict_outputs, task_outputs
+from .deadline import Deadline
 
 
 def train_epoch(model: nn.Module, core: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer, scheduler,
                 batcher: Batcher, *, epoch: int, batch_size: int, grad_accum: int = 1,
                 clip_grad_norm: float | None = None, bf16: bool = False, channels_last: bool = False,
                 seed: int = 0, accelerator=None, progress: Callable | None = None,
-                bad_steps: BadSteps | None = None) -> dict[str, float]:
+                bad_steps: BadSteps | None = None, deadline: Deadline | None = None) -> dict[str, float]:
     """One pass over the batcher's data; returns the mean training loss (and each term's, when the objective
     has several).
 
@@ -34,6 +36,9 @@ def train_epoch(model: nn.Module, core: nn.Module, objective: Objective, optimiz
     Under several processes the returned means are over every rank's samples, and the gradients of what DDP
     does not see (an objective's own parameters; everything, for a weighting with its own backward) are
     averaged across ranks before each step.
+    With a `deadline`, the epoch ends early when one more step would leave too little time for the passes
+    that follow it (`Deadline.room_for_step`; the run's first step always runs, so it has a model to keep).
+    Under several processes rank 0's clock decides for all, so every rank takes the same steps.
     """
     bad_steps = bad_steps or BadSteps(0)
     device = accelerator.device if accelerator else torch.device("cpu")
@@ -46,7 +51,13 @@ def train_epoch(model: nn.Module, core: nn.Module, objective: Objective, optimiz
     model.train()
     total, count = torch.zeros((), dtype=torch.float64), 0
     terms: dict[str, torch.Tensor] = {}
+    step_s = 0.0
     for i, idx in enumerate(progress(batches) if progress else batches):
+        if deadline is not None and deadline.step_s > 0 and not all_ranks_agree(
+                deadline.room_for_step(step_s), device, world):
+            deadline.stop(f"stopped in epoch {epoch + 1} after {i} of {len(batches)} steps to keep the time limit")
+            break
+        started = time.perf_counter()
         window_start = (i // grad_accum) * grad_accum
         window = min(grad_accum, len(batches) - window_start)
         batch = batcher.batch(idx, augment_rng).to(device, channels_last)
@@ -72,6 +83,9 @@ def train_epoch(model: nn.Module, core: nn.Module, objective: Objective, optimiz
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()  # a skipped step keeps the schedule's length
+        step_s = time.perf_counter() - started
+        if deadline is not None and deadline.step_s == 0:
+            deadline.step_s = step_s  # the run's first step: from now on the deadline is asked
     if world > 1:  # sums and counts of every rank: exact means, not a mean of ratios
         sums = torch.stack([total, torch.tensor(float(count), dtype=torch.float64),
                             *[torch.as_tensor(v, dtype=torch.float64) for v in terms.values()]]).to(device)
@@ -80,6 +94,15 @@ def train_epoch(model: nn.Module, core: nn.Module, objective: Objective, optimiz
         terms = dict(zip(terms, sums[2:].cpu()))
     return {"train/loss": (total / max(count, 1)).item(),
             **{f"train/{name}": (value / max(count, 1)).item() for name, value in terms.items()}}
+
+
+def all_ranks_agree(flag: bool, device: torch.device, world: int) -> bool:
+    """Rank 0's `flag` on every rank (a decision every rank must take the same way)."""
+    if world == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    torch.distributed.broadcast(value, src=0)
+    return bool(value.item())
 
 
 def average_gradients(params: list[torch.Tensor], world: int) -> None:

@@ -26,6 +26,7 @@ from ..runtime import (activation_bytes, available_bytes, depthwise_in_fp32, pin
                        resolve_channels_last, resolve_precision)
 from ..strategies import Strategy, trainable_summary
 from .checkpoint import BackgroundWriter, nbytes, snapshot
+from .deadline import Deadline, finish_seconds
 from .distributed import check_processes, check_same_start, rank_batch_size
 from .sharding import check_fsdp, full_optimizer_state, full_state, load_full_state, shard
 from .dropout import install as install_fast_dropout
@@ -34,7 +35,7 @@ from .inputs import EpochInputs
 from .loop import BadSteps, evaluate_split, evaluate_target, train_epoch
 from .optim import build_optimizer, build_scheduler, regroup
 from .selection import BestEpoch, metric_setup, monitored_metric
-from .settings import TrainSettings, with_rates
+from .settings import TrainSettings, with_rates, with_schedule
 
 
 @dataclass
@@ -53,25 +54,34 @@ class RunResult:
 
 def fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: Objective,
         settings: TrainSettings = TrainSettings(), out: str | Path | RunFolder = "runs/run", *,
-        augment: bool = True) -> RunResult:
+        augment: bool = True, started: float | None = None, until: float | None = None) -> RunResult:
     """Train `model` on `data` with `strategy` and `objective`; write the run folder `out`.
 
     `out` is an opened `RunFolder` (new, or resumed from its last checkpoint) or a path for a new run. The
     public `hs.fit` (api.py) builds every argument from keyword settings and the run config.
+    `settings.time_limit` counts from `started` (time.time(); default: now); `until` is another deadline
+    (`strategy: auto`'s budget). Whichever comes first ends training early enough to finish by then
+    (`deadline.py`).
     """
     start_time = time.perf_counter()
     s, rates = with_rates(settings, strategy.default_rates(model.spec.modality))
+    s, schedule = with_schedule(s, model.spec.modality, len(data.train), strategy.name)
+    rates = f"{rates}\n{schedule}"
     prepare_head(model, data, s.seed)
     strategy.check_schedule(s.epochs)
+    limits = [t for t in (until, (started or time.time()) + s.time_limit if s.time_limit else None) if t]
+    deadline = Deadline.until(min(limits) if limits else None, len(data.val),
+                              len(data.test) if data.test is not None else 0, s.report, s.batch_size,
+                              finish_seconds(sum(p.numel() for p in model.parameters()) / 1e6))
     folder = out if isinstance(out, RunFolder) else RunFolder.open(out, default_record(strategy, s))
     try:
-        return _fit(model, data, strategy, objective, s, folder, augment, start_time, rates)
+        return _fit(model, data, strategy, objective, s, folder, augment, start_time, rates, deadline)
     finally:
         folder.close()
 
 
 def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: Objective, s: TrainSettings,
-         folder: RunFolder, augment: bool, start_time: float, rates: str) -> RunResult:
+         folder: RunFolder, augment: bool, start_time: float, rates: str, deadline: Deadline | None) -> RunResult:
     folder.record_run(fingerprints(data), environment(s.seed))
     state = folder.state
     torch.manual_seed(s.seed)
@@ -147,9 +157,13 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
     # while they reach the disk, and every write is atomic, so a run killed mid-write resumes from the last one.
     writer = BackgroundWriter()
     board = metric_board(folder, s.log, accelerator.is_main_process)
+    history_row: dict[str, Any] = {}
     try:
         for epoch in range(start_epoch, s.epochs):
             if stopped:
+                break
+            if deadline is not None and epoch > start_epoch and not worth_another_epoch(deadline, history_row):
+                deadline.stop(f"stopped after epoch {epoch} of {s.epochs} to keep the time limit")
                 break
             if strategy.changes_at(epoch):  # gradual unfreezing, LP-FT: a new trainable set and optimizer groups
                 strategy.apply(core, epoch=epoch)
@@ -173,10 +187,15 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
                                        clip_grad_norm=s.clip_grad_norm, bf16=compute.bf16_train and not plan.head_only,
                                        channels_last=compute.channels_last, seed=s.seed, accelerator=accelerator,
                                        progress=progress_bar(show, f"epoch {epoch + 1}/{s.epochs}"),
-                                       bad_steps=bad_steps))
+                                       bad_steps=bad_steps, deadline=deadline))
             row["train_seconds"] = round(time.perf_counter() - t0, 3)
+            t_val = time.perf_counter()
             row.update(evaluate_split(plan.eval_model, plan.val, metric_names, "val", objective,
                                       bf16=compute.bf16_eval and not plan.head_only, **evaluate))
+            if deadline is not None:
+                deadline.val_s = time.perf_counter() - t_val
+                if deadline.reason:
+                    row["stopped"] = "time limit"
             if target is not None:  # domain adaptation: label-free validators (and the oracle, when labelled)
                 row.update(evaluate_target(plan.eval_model, target, list(data.classes), bf16=compute.bf16_eval,
                                            **{k: evaluate[k] for k in ("batch_size", "channels_last", "device")}))
@@ -210,7 +229,10 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
                               f"the checkpoint in {folder.path / 'checkpoints'}", nbytes(checkpoint))
             if show:
                 print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            history_row = row
             accelerator.wait_for_everyone()
+            if deadline is not None and deadline.reason:
+                break
     finally:
         writer.close()
         if board is not None:
@@ -218,6 +240,8 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
     accelerator.wait_for_everyone()  # every rank reads the best bundle rank 0 has just finished writing
 
     history = folder.metrics()
+    if deadline is not None and deadline.reason and show:
+        print(f"time limit: {deadline.reason} ({deadline.left():.0f}s left for the test pass and the report)")
     warning = stalled(history, s)
     if warning and accelerator.is_main_process:
         warnings.warn(warning, stacklevel=2)
@@ -226,6 +250,8 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
     if show and extra:
         print(extra["bundle"])
     best_row = next((r for r in history if r["epoch"] == kept.epoch), {})
+    if deadline is not None and deadline.reason:
+        extra["time_limit"] = deadline.reason
     return RunResult(folder.path, history, kept.epoch, {k: v for k, v in best_row.items() if "/" in k},
                      test_metrics, stopped, time.perf_counter() - start_time, extra)
 
@@ -382,6 +408,12 @@ def stalled(history: list[dict[str, Any]], settings: TrainSettings) -> str | Non
             f"model learned little. The learning rate (lr {settings.lr:g}, head {settings.head_lr or settings.lr:g}) "
             "is likely far too high (predictions collapse to one class) or too low; try train.lr 10x lower and "
             "10x higher, or leave it unset for the defaults.")
+
+
+def worth_another_epoch(deadline: Deadline, last: dict[str, Any]) -> bool:
+    """Whether the time left holds a useful part of another epoch (a quarter of the last one's training)
+    besides what must follow it; otherwise its validation pass would cost more than its steps bring."""
+    return deadline.left() >= 0.25 * last.get("train_seconds", 0.0) + deadline.reserve()
 
 
 def weights_line(spec) -> str:

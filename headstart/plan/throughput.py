@@ -1,0 +1,109 @@
+"""How fast this model runs on this machine: timed forward passes and training steps, for `auto`'s estimates.
+
+FLOP counts turned into seconds by a fixed rate were off by up to 8x (a text encoder's fine-tune estimated at
+990 s took 127 s): achieved FLOP/s depend on the operator mix (depthwise convolutions, attention), the
+precision policy, the input size and the batch. So `auto` times the real thing instead: a forward pass as
+extraction and evaluation run it, and training steps of each kind of strategy at the run's batch size and
+input size, through the run's own batcher (decoding and augmentation included) and precision policy. A
+warm-up step comes first (oneDNN builds its kernels on the first call); timing runs on a copy of the model,
+under a forked random state, so the run itself is untouched.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..data import make_batcher
+from ..fold import inference_module
+from ..run.settings import TrainSettings
+from ..run.trainer import Compute
+from ..runtime import autocast, depthwise_in_fp32, inference_placement, to_device
+from ..strategies import get_strategy
+
+# The trainable set of each kind of step auto chooses among: partial trains the last group (RACE_OPTIONS in
+# auto.py); LoRA's step on a CPU is as dear as a full one apart from the optimizer's share.
+KINDS = {"full": ("full", {}), "partial": ("partial", {"trainable": "last:1"}), "lora": ("lora", {"lora_r": 8})}
+
+
+@dataclass
+class Throughput:
+    """Seconds per sample: feature extraction, evaluation, and a training step by kind."""
+
+    extract_s: float
+    eval_s: float
+    step_s: dict[str, float]
+    measured_s: float  # what measuring cost
+
+
+def sample_batches(n: int, batch_size: int, count: int, seed: int = 0) -> list[torch.Tensor]:
+    """`count` batches of random training indices (with replacement across batches when data is short)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randperm(n, generator=g)[:batch_size] for _ in range(count)]
+
+
+def time_forward(model, train, batch_size: int, folded: bool, steps: int = 1) -> float:
+    """Seconds per sample of a no-grad forward pass: through the folded inference copy of the backbone as
+    feature extraction runs it (`folded`), or through the whole model as evaluation does."""
+    placement = inference_placement(model)
+    batcher = make_batcher(train, model.spec, train=False)
+    batches = sample_batches(len(train), min(batch_size, len(train)), steps + 1)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            run = model
+            if folded:
+                sample = to_device(batcher.inputs(batches[0][:2]), placement.device, placement.channels_last)
+                frozen = inference_module(model.backbone, lambda m: m.forward_features(sample))
+                run = frozen.forward_features
+            seconds = []
+            for idx in batches:
+                x = to_device(batcher.inputs(idx), placement.device, placement.channels_last)
+                t = time.perf_counter()
+                with autocast(placement.device, placement.bf16):
+                    run(x)
+                seconds.append((time.perf_counter() - t) / len(idx))
+    finally:
+        model.train(was_training)
+    return min(seconds[1:])
+
+
+def time_steps(model, train, settings: TrainSettings, kind: str, steps: int = 2) -> float:
+    """Seconds per sample of a training step (batch assembly, forward, backward, AdamW) of a copy of `model`
+    with the trainable set of `kind` (KINDS)."""
+    name, options = KINDS[kind]
+    trial = copy.deepcopy(model)
+    get_strategy(name, **options).apply(trial, epoch=0)
+    device = torch.device("cpu")
+    compute = Compute.prepare(settings, trial, device)
+    params = [p for p in trial.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-12)  # a real update's cost, a negligible change
+    batcher = make_batcher(train, trial.spec, train=True)
+    rng = torch.Generator().manual_seed(0)
+    batch_size = min(settings.batch_size, len(train))
+    trial.train()
+    seconds = []
+    for idx in sample_batches(len(train), batch_size, steps + 1):
+        t = time.perf_counter()
+        batch = batcher.batch(idx, rng).to(device, compute.channels_last)
+        with depthwise_in_fp32(trial, enabled=compute.pinned), autocast(device, compute.bf16_train):
+            out = trial(batch.inputs)
+        out.float().logsumexp(-1).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds.append((time.perf_counter() - t) / len(idx))
+    return min(seconds[1:])
+
+
+def measure_throughput(model, train, settings: TrainSettings, kinds: tuple[str, ...] = ("full", "partial")
+                       ) -> Throughput:
+    """Time a forward pass and each kind of training step on `train` samples (about four steps' time in all)."""
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        extract = time_forward(model, train, settings.eval_batch_size, folded=True)
+        evaluate = time_forward(model, train, settings.eval_batch_size, folded=False)
+        steps = {kind: time_steps(model, train, settings, kind) for kind in kinds}
+    return Throughput(extract, evaluate, steps, time.perf_counter() - start)

@@ -1,0 +1,103 @@
+"""Time as a promise: train.time_limit, auto's budget from measured throughput, and their errors.
+
+The bounds asserted here are the issue's (a run ends within its limit plus 10 s under a minute); how close
+to the limit runs end on real tasks is measured in bench/auto_suite.py, not here.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+import headstart as hs
+from headstart.config import validate_config
+from headstart.errors import ConfigError
+from headstart.plan.auto import estimates, measure
+from headstart.run import TrainSettings
+from headstart.run.deadline import Deadline, parse_duration
+from headstart.run.trainer import prepare_head
+
+
+@pytest.fixture(autouse=True)
+def _no_report():
+    """Budgets charge the report (conftest turns it off elsewhere): these runs write theirs."""
+
+
+def many_images(per_class: int = 40, size: int = 16):
+    from conftest import separable_images
+
+    from headstart.data import from_arrays
+
+    x, y = separable_images(per_class, size=size)
+    xt, yt = separable_images(max(per_class // 4, 2), size=size, seed=1)
+    return from_arrays(x, y, classes=["a", "b", "c"], val_fraction=0.25, seed=0, x_test=xt, y_test=yt, name="many")
+
+
+def test_durations_read_like_the_budget():
+    assert parse_duration("90s") == 90 and parse_duration("2m") == 120 and parse_duration(7) == 7.0
+    assert validate_config({"train": {"time_limit": "1.5h"}}).train.time_limit == 5400
+    for bad in ("soon", "-5", 0):
+        with pytest.raises(ConfigError, match="time_limit"):
+            validate_config({"train": {"time_limit": bad}})
+
+
+def test_a_time_limit_stops_training_early_and_keeps_a_tested_bundle(tmp_path):
+    data = many_images()
+    start = time.time()
+    run = hs.fit(hs.create_model("toy:cnn", 3), data, "full", epochs=10_000, batch_size=8, progress=False,
+                 out=tmp_path / "r", time_limit=3)
+    elapsed = time.time() - start
+    assert elapsed < 3 + 10  # the issue's bound under a minute; typically within a few tenths of a second
+    assert 1 <= len(run.history) < 10_000 and run.history[-1].get("stopped") == "time limit"
+    assert "time limit" in run.extra["time_limit"]
+    assert run.test_metrics is not None and (tmp_path / "r" / "best").is_dir()
+    # A resume gets time again: it continues from the last checkpoint instead of stopping where it stopped.
+    again = hs.fit(hs.create_model("toy:cnn", 3), data, "full", epochs=10_000, batch_size=8, progress=False,
+                   out=tmp_path / "r", time_limit=2, resume=True)
+    assert len(again.history) > len(run.history)
+    assert again.history[:len(run.history) - 1] == run.history[:-1]
+
+
+def test_the_deadline_keeps_room_for_what_follows_a_step():
+    d = Deadline(time.time() + 10, n_val=100, n_test=200, report=True, batch_size=10)
+    assert d.room_for_step(0.1)  # validation guessed from the step: 0.1 * 100 / 10 / 2 = 0.5 s
+    d.val_s = 4.0  # measured: 4 s of validation, so the test pass (twice, for the report) costs 16 s
+    assert not d.room_for_step(0.1)
+
+
+def test_a_budget_smaller_than_one_measured_step_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="too little to train anything.*samples/s"):
+        hs.fit(hs.create_model("toy:cnn", 3), many_images(), "auto", budget=0.05, progress=False,
+               out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_auto_keeps_its_budget_and_records_the_measured_speed(tmp_path):
+    data = many_images()
+    start = time.time()
+    hs.fit(hs.create_model("toy:cnn", 3), data, "auto", budget=8, epochs=10_000, batch_size=8, progress=False,
+           out=tmp_path / "r")
+    assert time.time() - start < 8 + 10
+    saved = json.loads((tmp_path / "r" / "auto.json").read_text())
+    assert saved["signals"]["step_s"]["full"] > 0 and saved["estimates_s"]["full"] > 0
+    assert saved["train"].get("epochs", 1) < 10_000  # the epochs were fitted to the budget
+
+
+@pytest.mark.parametrize("strategy, options", [("linear-probe", {}), ("partial", {"trainable": "last:1"}),
+                                               ("lp-ft", {"lp_epochs": 1}), ("full", {})])
+def test_each_strategys_estimate_is_within_30_percent_of_its_measured_time(strategy, options, tmp_path):
+    # Big enough that computing, not sub-second fixed costs, dominates each fit (about 1-3 s each here).
+    data = many_images(per_class=400, size=112)
+    settings = TrainSettings(batch_size=16)
+    model = hs.create_model("toy:cnn", 3)
+    prepare_head(model, data)
+    hs.fit(hs.create_model("toy:cnn", 3), data, strategy, epochs=2, batch_size=16, progress=False,
+           out=tmp_path / "warm", cache_dir=str(tmp_path / "warm-cache"), **options)  # one-time costs: imports, kernels
+    signals = measure(model, data, cache_dir=str(tmp_path / "cache"), timing=settings)
+    predicted = estimates(signals, 4)[strategy]
+    start = time.time()
+    hs.fit(hs.create_model("toy:cnn", 3), data, strategy, epochs=4, batch_size=16, progress=False,
+           out=tmp_path / "r", cache_dir=str(tmp_path / "cache"), **options)
+    measured = time.time() - start
+    assert 0.7 * measured <= predicted <= 1.3 * measured, (strategy, predicted, measured)
