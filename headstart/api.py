@@ -86,7 +86,10 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
                           judge={k: train.get(k) for k in ("metric", "positive_class")}, settings=timing,
                           started=started)
         chosen = validate_config({"strategy": {"name": decision.strategy, "bn": bn, **decision.options}}).strategy
-        train = {**decision.train, **train}
+        # The user's settings win, but a key left unset (None, as every unset key of a CLI run's config is)
+        # must not erase auto's choice.
+        train = {**decision.train, **{k: v for k, v in train.items() if v is not None}}
+        augment = augment if decision.augment is None else decision.augment
         if train.get("progress", True):
             print(decision.explain())
     train_cfg = validate_config({"train": train}).train
@@ -251,8 +254,9 @@ def adaptation_term(model: TransferModel, data: DataSplits, method: str, seed: i
 def resolved_record(record: RunConfig | None, model: TransferModel, data: DataSplits, strategy, augment: bool,
                     train, out: str | Path) -> RunConfig:
     """The resolved config written to the run folder: what the CLI gave, or what this call amounts to."""
-    if record is not None:
-        return record.model_copy(update={"train": train, "out": str(out)})
+    if record is not None:  # augment as the run uses it (auto may turn it off)
+        return record.model_copy(update={"train": train, "out": str(out),
+                                         "data": record.data.model_copy(update={"augment": augment})})
     return validate_config({
         "model": {"backbone": model.spec.source, "weights": model.spec.weights, "head": model.head_args["kind"],
                   "head_hidden": model.head_args["hidden"], "dropout": model.head_args["dropout"]},

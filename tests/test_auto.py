@@ -178,3 +178,20 @@ def test_the_race_is_judged_by_the_runs_own_metric(tmp_path):
     best = max(d.race, key=lambda r: r["val_score"])
     assert best["val_score"] - min(r["val_score"] for r in d.race) >= 0.4  # far beyond the standard error
     assert d.strategy == best["strategy"]
+
+
+def test_settings_left_unset_do_not_erase_autos_choice(tiny_data, tmp_path):
+    # A CLI run's config passes every unset train key as None: auto's epochs and rates must survive that.
+    hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "auto", budget="10m", epochs=None, lr=None, head_lr=None,
+           batch_size=8, progress=False, out=tmp_path / "r")
+    saved = json.loads((tmp_path / "r" / "auto.json").read_text())
+    cfg = hs.config.load_config(tmp_path / "r" / "config.yaml")
+    assert cfg.train.lr == saved["train"]["lr"] and cfg.train.head_lr == saved["train"]["head_lr"]
+    assert cfg.train.epochs == saved["train"]["epochs"]
+
+
+def test_image_regression_trains_without_flips_and_crops():
+    assert decide(signals(task="regression"), None).augment is False
+    assert any("no flips" in r for r in decide(signals(task="regression"), None).reasons)
+    assert decide(signals(), None).augment is None  # classification: as the run was asked
+    assert decide(signals(task="regression", modality="text", params_m=22.6), None).augment is None
