@@ -114,8 +114,9 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
             print(found.explain())
         train_cfg = train_cfg.model_copy(update={"lr": found.lr, "head_lr": found.head_lr})
         settings = train_settings(train_cfg)
-    # config.yaml states the epochs and batch size the run uses; run.fit resolves the same (and says why).
-    train_cfg = train_cfg.model_copy(update={"epochs": resolved.epochs, "batch_size": resolved.batch_size})
+    # config.yaml states the epochs, batch size and schedule the run uses; run.fit resolves the same (and says why).
+    train_cfg = train_cfg.model_copy(update={k: getattr(resolved, k) for k in ("epochs", "batch_size", "scheduler",
+                                                                               "warmup_epochs")})
     record = resolved_record(record, model, data, chosen, augment, train_cfg, out)
     folder = RunFolder.open(out, record.model_dump(mode="json"), resume,
                             normalise=lambda saved: validate_config(saved).model_dump(mode="json"))

@@ -28,7 +28,8 @@ def test_parse_budget():
 @pytest.mark.parametrize("kw, expected", [
     (dict(per_class=5), "partial"),                                       # few-shot: the last groups only
     (dict(probe_accuracy=0.99), "linear-probe"),                          # features already separate the task
-    (dict(per_class=50, n_train=500), "lp-ft"),                           # the default below 100 per class
+    (dict(per_class=50, n_train=500), "partial"),                         # images at 10-120 per class
+    (dict(per_class=50, n_train=500, modality="text", params_m=22.6), "full"),  # ... text: the BERT recipe
     (dict(), "full"),                                                     # plenty of data
     (dict(probe_accuracy=0.4, per_class=1000), "full"),                   # large shift, plenty of data
     (dict(modality="text", params_m=22.6, per_class=50), "full"),         # BERT-family encoders: the BERT recipe
@@ -41,14 +42,22 @@ def test_rules_without_a_budget(kw, expected):
 
 
 def test_budget_moves_the_choice_down_and_too_small_is_an_error():
-    s = signals(per_class=50, n_train=500)
+    s = signals()
     est = estimates(s, 5)
-    assert est["linear-probe"] < est["partial"] < est["lp-ft"]
-    assert decide(s, est["lp-ft"] * 2).strategy == "lp-ft"
+    assert est["linear-probe"] < est["partial"] < est["full"]
+    assert decide(s, est["full"] * 1.01).strategy == "full"
+    assert decide(s, est["partial"] * 1.01).strategy == "partial"
     tight = decide(s, est["linear-probe"] * 1.05)
     assert tight.strategy == "linear-probe" and any("budget" in r for r in tight.reasons)
     with pytest.raises(ConfigError, match="too little to train anything"):
         decide(s, est["linear-probe"] * 0.5)
+
+
+def test_text_fine_tunes_whole_even_when_one_epoch_fits():
+    s = signals(modality="text", params_m=22.6, per_class=50, n_train=500)
+    one = decide(s, estimates(s, 1)["full"] * 1.01)
+    assert one.strategy == "full" and one.train["epochs"] == 1
+    assert one.train["lr"] == 5e-5 and one.train["head_lr"] == 1e-3  # the BERT recipe's rates
 
 
 def test_plenty_of_data_trains_everything_for_the_epochs_the_budget_allows():
@@ -80,9 +89,12 @@ def test_few_shot_falls_back_to_a_probe_when_partial_does_not_fit():
     assert decide(s, estimates(s, 5)["linear-probe"] * 1.05).strategy == "linear-probe"
 
 
-def test_small_data_gets_l2sp():
+def test_images_between_few_shot_and_plenty_race_partial_against_lora():
+    from headstart.plan.auto import RUNNER_UP
+
     d = decide(signals(per_class=40, n_train=400), None)
-    assert d.strategy == "lp-ft" and d.options.get("l2sp_alpha")
+    assert d.strategy == "partial" and d.options == {"trainable": "last:1"}
+    assert RUNNER_UP["image", "partial"] == "lora"
 
 
 def test_choose_is_deterministic_and_recorded(tiny_data, tmp_path):

@@ -102,3 +102,15 @@ def test_each_strategys_estimate_is_within_30_percent_of_its_measured_time(strat
     measured = time.time() - start
     # Within 30%, or a quarter of a second for the sub-second linear probe (its fixed costs jitter that much).
     assert abs(predicted - measured) <= max(0.3 * measured, 0.25), (strategy, predicted, measured)
+
+
+def test_a_stop_between_epochs_is_marked_on_the_last_row(tmp_path, monkeypatch):
+    import headstart.run.trainer as trainer
+
+    # No room for another epoch after the first (as when the limit falls on an epoch's end): the row of the
+    # epoch that ended says so, not a row that never comes.
+    monkeypatch.setattr(trainer, "worth_another_epoch", lambda deadline, row: False)
+    run = hs.fit(hs.create_model("toy:cnn", 3), many_images(), "full", epochs=3, batch_size=8, progress=False,
+                 out=tmp_path / "r", time_limit=600)
+    assert len(run.history) == 1 and run.history[-1]["stopped"] == "time limit"
+    assert "after epoch 1 of 3" in run.extra["time_limit"]

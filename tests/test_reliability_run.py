@@ -165,3 +165,30 @@ def test_unset_learning_rates_follow_the_modality_and_strategy():
     assert (s.lr, s.head_lr) == (1e-3, None)
     assert get_strategy("lora").default_rates("text") == lora
     assert get_strategy("full").default_rates("text") == text
+
+
+def test_unset_schedules_follow_the_modality_and_named_keys_win():
+    from headstart.run.settings import with_schedule
+
+    image, line = with_schedule(TrainSettings(), "image", 1000, "full")
+    assert (image.epochs, image.batch_size, image.scheduler, image.warmup_epochs) == (5, 32, "cosine", 0.0)
+    # Text fine-tuning: the BERT recipe, about 200 steps at batch 16 (1,600 texts: 100 steps, 2 epochs), linear
+    # decay after a warm-up of 10% of the run.
+    text, line = with_schedule(TrainSettings(), "text", 1600, "full")
+    assert (text.epochs, text.batch_size, text.scheduler, text.warmup_epochs) == (2, 16, "linear", 0.2)
+    assert "linear schedule" in line and "10% warm-up" in line
+    assert with_schedule(TrainSettings(epochs=4), "text", 1600, "full")[0].warmup_epochs == pytest.approx(0.4)
+    probe, _ = with_schedule(TrainSettings(), "text", 1600, "linear-probe")  # a head on cached features
+    assert (probe.scheduler, probe.warmup_epochs) == ("cosine", 0.0)
+    named, line = with_schedule(TrainSettings(epochs=3, batch_size=8, scheduler="cosine", warmup_epochs=0.0),
+                                "text", 1600, "full")
+    assert (named.scheduler, named.warmup_epochs) == ("cosine", 0.0) and "as set" in line
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    from headstart.run.optim import warmup_cosine
+
+    factor = warmup_cosine(100, 10, "linear")
+    assert factor(0) < factor(5) < factor(9) < 1.0 and factor(10) == 1.0
+    assert factor(55) == pytest.approx(0.5) and factor(100) == 0.0
+    assert all(factor(i) >= factor(i + 1) for i in range(10, 100))

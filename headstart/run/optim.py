@@ -33,7 +33,8 @@ def build_optimizer(groups: list[dict], name: str, lr: float, momentum: float = 
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, schedule: str = "cosine"):
-    """Multiplier of each group's own lr at a step: linear warmup, then cosine decay to zero (or constant)."""
+    """Multiplier of each group's own lr at a step: linear warmup, then cosine or linear decay to zero (the
+    BERT recipe's), or constant."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -41,6 +42,8 @@ def warmup_cosine(total_steps: int, warmup_steps: int, schedule: str = "cosine")
         if schedule == "constant":
             return 1.0
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor

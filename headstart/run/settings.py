@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from ..options import check_bounds, option as setting
 
@@ -38,8 +38,10 @@ class TrainSettings:
     task_references: dict[str, float] | None = None
     weight_decay: float = setting(0.01, ge=0.0)
     momentum: float = setting(0.9, ge=0.0)
-    scheduler: Literal["cosine", "constant"] = "cosine"
-    warmup_epochs: float = setting(0.0, ge=0.0)
+    # None = the modality's default (schedule_defaults): cosine without warm-up; text fine-tuning, the BERT
+    # recipe's linear decay after a 10% warm-up
+    scheduler: Literal["cosine", "linear", "constant"] | None = None
+    warmup_epochs: float | None = setting(None, ge=0.0)
     grad_accum: int = setting(1, ge=1)
     clip_grad_norm: float | None = setting(None, gt=0.0)
     max_bad_steps: int = setting(0, ge=0)  # steps with a non-finite loss or gradient skipped before the run stops
@@ -81,31 +83,37 @@ def with_rates(settings: TrainSettings, defaults: tuple[float, float | None]) ->
     return replace(settings, lr=lr, head_lr=head_lr), line
 
 
-def schedule_defaults(modality: str, n_train: int, strategy: str, batch_size: int | None = None
-                      ) -> tuple[dict[str, int], str]:
-    """Batch size and epochs for a run that names neither, and the reason.
+def schedule_defaults(modality: str, n_train: int, strategy: str, batch_size: int | None = None,
+                      epochs: int | None = None) -> tuple[dict[str, Any], str]:
+    """Batch size, epochs and learning-rate schedule for a run that names none of them, and the reason.
 
-    Images: batch 32, 5 epochs (the strategy grid's setting for pretrained CNNs). Text encoders trained
-    whole or in part follow the BERT recipe (Devlin et al. 2019: batch 16 or 32, 2 to 4 epochs): batch 16,
-    and as many epochs as reach about 200 steps, from 2 to 5, so a few hundred texts still get enough
-    updates and thousands are not trained past the 2 epochs that already reached 0.986 on BBC News
-    (bench/text_bbc.py). A linear probe trains its head on cached features, where epochs are nearly free.
+    Images: batch 32, 5 epochs (the strategy grid's setting for pretrained CNNs), cosine decay. Text encoders
+    trained whole or in part follow the BERT recipe (Devlin et al. 2019: batch 16 or 32, 2 to 4 epochs, linear
+    decay after a 10% warm-up): batch 16, and as many epochs as reach about 200 steps, from 2 to 5, so a few
+    hundred texts still get enough updates and thousands are not trained past the 2 epochs that already
+    reached 0.986 on BBC News (bench/text_bbc.py); the warm-up is 10% of the run's `epochs`. A linear probe
+    trains its head on cached features, where epochs are nearly free.
     """
     text = modality == "text" and strategy != "linear-probe"
     batch = batch_size or (16 if modality == "text" else 32)
     if not text:
-        return {"batch_size": batch, "epochs": 5}, "the defaults"
+        return {"batch_size": batch, "epochs": 5, "scheduler": "cosine", "warmup_epochs": 0.0}, "the defaults"
     steps = max(1, math.ceil(n_train / batch))
-    epochs = min(max(math.ceil(200 / steps), 2), 5)
-    return {"batch_size": batch, "epochs": epochs}, (f"the BERT recipe's defaults for {n_train} texts: about 200 "
-                                                     "steps, 2-5 epochs")
+    default_epochs = min(max(math.ceil(200 / steps), 2), 5)
+    return ({"batch_size": batch, "epochs": default_epochs, "scheduler": "linear",
+             "warmup_epochs": 0.1 * (epochs or default_epochs)},
+            f"the BERT recipe's defaults for {n_train} texts: about 200 steps, 2-5 epochs, 10% warm-up")
 
 
 def with_schedule(settings: TrainSettings, modality: str, n_train: int, strategy: str) -> tuple[TrainSettings, str]:
     """`settings` with the epochs and batch size it leaves at None filled in (`schedule_defaults`), and a
     line saying which it uses and where they came from."""
-    defaults, why = schedule_defaults(modality, n_train, strategy, settings.batch_size)
-    named = settings.epochs is not None and settings.batch_size is not None
-    settings = replace(settings, epochs=settings.epochs or defaults["epochs"], batch_size=defaults["batch_size"])
-    origin = "as set" if named else f"{why}; train.epochs / train.batch_size set them"
-    return settings, f"{settings.epochs} epochs, batch {settings.batch_size} ({origin})"
+    defaults, why = schedule_defaults(modality, n_train, strategy, settings.batch_size, settings.epochs)
+    keys = ("epochs", "batch_size", "scheduler", "warmup_epochs")
+    named = all(getattr(settings, k) is not None for k in keys)
+    settings = replace(settings, **{k: defaults[k] if getattr(settings, k) is None else getattr(settings, k)
+                                    for k in keys})
+    origin = "as set" if named else f"{why}; train.{' / train.'.join(keys)} set them"
+    warmup = f" after {settings.warmup_epochs:g} warm-up epochs" if settings.warmup_epochs else ""
+    return settings, (f"{settings.epochs} epochs, batch {settings.batch_size}, {settings.scheduler} schedule"
+                      f"{warmup} ({origin})")

@@ -157,13 +157,9 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
     # while they reach the disk, and every write is atomic, so a run killed mid-write resumes from the last one.
     writer = BackgroundWriter()
     board = metric_board(folder, s.log, accelerator.is_main_process)
-    history_row: dict[str, Any] = {}
     try:
         for epoch in range(start_epoch, s.epochs):
             if stopped:
-                break
-            if deadline is not None and epoch > start_epoch and not worth_another_epoch(deadline, history_row):
-                deadline.stop(f"stopped after epoch {epoch} of {s.epochs} to keep the time limit")
                 break
             if strategy.changes_at(epoch):  # gradual unfreezing, LP-FT: a new trainable set and optimizer groups
                 strategy.apply(core, epoch=epoch)
@@ -194,6 +190,9 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
                                       bf16=compute.bf16_eval and not plan.head_only, **evaluate))
             if deadline is not None:
                 deadline.val_s = time.perf_counter() - t_val
+                # Decided here, not at the next epoch's start, so this epoch's row says the run stopped.
+                if not deadline.reason and epoch + 1 < s.epochs and not worth_another_epoch(deadline, row):
+                    deadline.stop(f"stopped after epoch {epoch + 1} of {s.epochs} to keep the time limit")
                 if deadline.reason:
                     row["stopped"] = "time limit"
             if target is not None:  # domain adaptation: label-free validators (and the oracle, when labelled)
@@ -229,7 +228,6 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
                               f"the checkpoint in {folder.path / 'checkpoints'}", nbytes(checkpoint))
             if show:
                 print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-            history_row = row
             accelerator.wait_for_everyone()
             if deadline is not None and deadline.reason:
                 break
