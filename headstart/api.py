@@ -130,7 +130,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         raise
     writes = folder.writes  # the folder's holder (rank 0 under torchrun) writes the report
     result = run_fit(model, data, plan, objective, settings, folder, augment=augment, started=started,
-                     until=None if resume else until)
+                     until=None if resume else until,
+                     eval_s=decision.signals.get("eval_s") if decision is not None else None)
     if settings.report and writes:
         result.extra["report"] = report_after_fit(result.run_dir, data,
                                                   model.backbone.net if model.spec.is_custom else None)

@@ -57,7 +57,12 @@ def test_text_fine_tunes_whole_even_when_one_epoch_fits():
     s = signals(modality="text", params_m=22.6, per_class=50, n_train=500)
     one = decide(s, estimates(s, 1)["full"] * 1.01)
     assert one.strategy == "full" and one.train["epochs"] == 1
-    assert one.train["lr"] == 5e-5 and one.train["head_lr"] == 1e-3  # the BERT recipe's rates
+    # 16 steps: the head at the probe's rate (at the recipe's 1e-3 such a run predicted one class)
+    assert one.train["lr"] == 5e-5 and one.train["head_lr"] == 1e-2
+    long = signals(modality="text", params_m=22.6, per_class=500, n_train=5000)
+    two = decide(long, estimates(long, 2)["full"] * 1.01)
+    assert two.strategy == "full" and two.train["epochs"] == 2 and two.train["head_lr"] == 1e-3  # 314 steps
+    assert decide(long, None).train["head_lr"] == 1e-3  # unplanned epochs: the recipe's ~200 steps
 
 
 def test_plenty_of_data_trains_everything_for_the_epochs_the_budget_allows():

@@ -67,6 +67,9 @@ TRAIN_GFLOPS = 120.0
 # A training step of a head on cached features is Python overhead (objective, backward, AdamW, schedule):
 # about 2 ms here, whatever the model.
 HEAD_STEP_S = 2e-3
+# A run's first training steps build oneDNN's kernels: about this many steps' time over the timed rate (LP-FT
+# on the toy task of tests/test_budget.py pays it when its fine-tuning phase starts).
+WARMUP_STEPS = 3
 FULL_PER_CLASS = 120  # images: from this many samples per class, full fine-tuning (see the rules above)
 DECISION_FILE = "auto.json"
 
@@ -78,13 +81,26 @@ RATES = {"image": {"lr": 1e-3, "head_lr": 1e-2, "adapter_lr": 3e-3},
          "text": {"lr": 5e-5, "head_lr": 1e-3, "adapter_lr": 1e-3, "probe_lr": 1e-2}}
 
 
-def learning_rates(strategy: str, modality: str) -> dict[str, float]:
-    """The `lr` and `head_lr` auto trains a strategy with (the user's explicit ones win)."""
+# A text run of fewer optimizer steps than this gets its head at the probe's rate: on 250 BBC articles, one
+# epoch (16 steps) with the head at 1e-3 predicted one class (test accuracy 0.196), two epochs (32 steps) at
+# 1e-2 reached 0.953; the reference recipe's 224 steps at 1e-3 reach 0.986 (bench/auto_suite.py, text_bbc.py).
+FEW_STEPS = 100
+
+
+def learning_rates(strategy: str, modality: str, steps: int | None = None) -> dict[str, float]:
+    """The `lr` and `head_lr` auto trains a strategy with (the user's explicit ones win); `steps`, the run's
+    optimizer steps where known, speeds a text head up in a short run (FEW_STEPS)."""
     rates = RATES.get(modality, RATES["image"])
+    probe = rates.get("probe_lr", rates["head_lr"])
     if strategy == "linear-probe":
-        probe = rates.get("probe_lr", rates["head_lr"])
         return {"lr": probe, "head_lr": probe}
-    return {"lr": rates["adapter_lr"] if strategy == "lora" else rates["lr"], "head_lr": rates["head_lr"]}
+    head = probe if steps is not None and steps < FEW_STEPS else rates["head_lr"]
+    return {"lr": rates["adapter_lr"] if strategy == "lora" else rates["lr"], "head_lr": head}
+
+
+def run_steps(n_train: int, batch_size: int | None, epochs: int | None) -> int | None:
+    """Optimizer steps of a run of `epochs` over `n_train` samples (None when the epochs are not planned)."""
+    return epochs * math.ceil(n_train / (batch_size or 32)) if epochs else None
 
 
 def parse_budget(budget: str | float | int | None) -> float | None:
@@ -150,7 +166,9 @@ def estimates(s: Signals, epochs: int) -> dict[str, float]:
     head_epoch = math.ceil(s.n_train / (s.batch_size or 32)) * HEAD_STEP_S  # a step on cached features
 
     def train(kind: str, e: int) -> float:
-        return e * (s.n_train * s.step_s.get(kind, s.step_s["full"]) + val)
+        step = s.step_s.get(kind, s.step_s["full"])
+        # + the first steps, which build the backward kernels: throughput.py times steps after a warm-up one
+        return e * (s.n_train * step + val) + WARMUP_STEPS * (s.batch_size or 32) * step
 
     return {"linear-probe": features + epochs * head_epoch + finish,
             "partial": train("partial", epochs) + finish,
@@ -232,7 +250,7 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
         reasons.append("only a linear probe fits the budget")
     if choice == "linear-probe" and budget_s is not None:
         train["epochs"] = max(affordable_epochs("linear-probe"), 1)
-    train.update(learning_rates(choice, s.modality))
+    train.update(learning_rates(choice, s.modality, run_steps(s.n_train, s.batch_size, train.get("epochs"))))
     # Flips and crops change a regression target that depends on the geometry (an angle, a position, a size)
     # without changing the label: on digits rotated by a known angle, full fine-tuning with them reached
     # R^2 0.58 where ridge regression on the pixels reached 0.97 (bench/auto_suite.py).
@@ -344,7 +362,10 @@ def race(model, data, decision: Decision, budget_s: float, epochs: int, *, fit: 
             torch.manual_seed(seed)
             options = decision.options if name == decision.strategy else (
                 lp_ft_options(model.spec.modality) if name == "lp-ft" else RACE_OPTIONS.get(name, {}))
-            train = decision.train if name == decision.strategy else learning_rates(name, model.spec.modality)
+            # Rates for the race's own length: a third of the data takes a third of the steps.
+            steps = run_steps(len(small.train), decision.signals.get("batch_size"), epochs)
+            train = {**(decision.train if name == decision.strategy else {}),
+                     **learning_rates(name, model.spec.modality, steps)}
             # Each contender may overrun its estimate by half at most: the race must leave the winner its time.
             limit = {"time_limit": 1.5 * small_est[name]} if small_est else {}
             run = fit(copy.deepcopy(model), small, name, out=f"{tmp}/{name}", progress=False, report=False,
@@ -398,6 +419,9 @@ def choose(model, data, budget: str | float | None = None, epochs: int | None = 
             raise ValueError("choose() with a budget races candidates: pass fit=hs.fit")
         race(model, data, decision, left(), epochs or 5, fit=fit, seed=seed, cache_dir=cache_dir, judge=judge)
         refit_epochs(decision, left())
+        s = Signals(**decision.signals)  # the rates for the run's final length (after the race and the refit)
+        decision.train.update(learning_rates(decision.strategy, s.modality,
+                                             run_steps(s.n_train, s.batch_size, decision.train.get("epochs"))))
     if run_dir is not None:
         atomic_write_text(Path(run_dir) / DECISION_FILE, json.dumps(decision.to_dict(), indent=2))
     return decision

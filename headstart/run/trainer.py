@@ -54,14 +54,15 @@ class RunResult:
 
 def fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: Objective,
         settings: TrainSettings = TrainSettings(), out: str | Path | RunFolder = "runs/run", *,
-        augment: bool = True, started: float | None = None, until: float | None = None) -> RunResult:
+        augment: bool = True, started: float | None = None, until: float | None = None,
+        eval_s: float | None = None) -> RunResult:
     """Train `model` on `data` with `strategy` and `objective`; write the run folder `out`.
 
     `out` is an opened `RunFolder` (new, or resumed from its last checkpoint) or a path for a new run. The
     public `hs.fit` (api.py) builds every argument from keyword settings and the run config.
     `settings.time_limit` counts from `started` (time.time(); default: now); `until` is another deadline
     (`strategy: auto`'s budget). Whichever comes first ends training early enough to finish by then
-    (`deadline.py`).
+    (`deadline.py`); `eval_s`, an evaluation pass's measured seconds per sample, sharpens its first guesses.
     """
     start_time = time.perf_counter()
     s, rates = with_rates(settings, strategy.default_rates(model.spec.modality))
@@ -72,7 +73,7 @@ def fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: O
     limits = [t for t in (until, (started or time.time()) + s.time_limit if s.time_limit else None) if t]
     deadline = Deadline.until(min(limits) if limits else None, len(data.val),
                               len(data.test) if data.test is not None else 0, s.report, s.batch_size,
-                              finish_seconds(sum(p.numel() for p in model.parameters()) / 1e6))
+                              finish_seconds(sum(p.numel() for p in model.parameters()) / 1e6), eval_s)
     folder = out if isinstance(out, RunFolder) else RunFolder.open(out, default_record(strategy, s))
     try:
         return _fit(model, data, strategy, objective, s, folder, augment, start_time, rates, deadline)
