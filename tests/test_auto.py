@@ -53,15 +53,17 @@ def test_budget_moves_the_choice_down_and_too_small_is_an_error():
         decide(s, est["linear-probe"] * 0.5)
 
 
-def test_text_fine_tunes_whole_even_when_one_epoch_fits():
+def test_text_fine_tunes_whole_when_two_epochs_fit_and_the_last_group_otherwise():
     s = signals(modality="text", params_m=22.6, per_class=50, n_train=500)
-    one = decide(s, estimates(s, 1)["full"] * 1.01)
-    assert one.strategy == "full" and one.train["epochs"] == 1
-    # 16 steps: the head at the probe's rate (at the recipe's 1e-3 such a run predicted one class)
-    assert one.train["lr"] == 5e-5 and one.train["head_lr"] == 1e-2
+    two = decide(s, estimates(s, 2)["full"] * 1.01)
+    # 32 steps: the head at the probe's rate (at the recipe's 1e-3 a 16-step run predicted one class)
+    assert two.strategy == "full" and two.train["epochs"] == 2
+    assert two.train["lr"] == 5e-5 and two.train["head_lr"] == 1e-2
+    one = decide(s, estimates(s, 1)["full"] * 1.01)  # one epoch of everything, or several of the last group
+    assert one.strategy == "partial" and one.train["epochs"] >= 2
     long = signals(modality="text", params_m=22.6, per_class=500, n_train=5000)
-    two = decide(long, estimates(long, 2)["full"] * 1.01)
-    assert two.strategy == "full" and two.train["epochs"] == 2 and two.train["head_lr"] == 1e-3  # 314 steps
+    both = decide(long, estimates(long, 2)["full"] * 1.01)
+    assert both.strategy == "full" and both.train["epochs"] == 2 and both.train["head_lr"] == 1e-3  # 314 steps
     assert decide(long, None).train["head_lr"] == 1e-3  # unplanned epochs: the recipe's ~200 steps
 
 
