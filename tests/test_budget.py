@@ -94,13 +94,18 @@ def test_each_strategys_estimate_is_within_30_percent_of_its_measured_time(strat
     prepare_head(model, data)
     hs.fit(hs.create_model("toy:cnn", 3), data, strategy, epochs=2, batch_size=16, progress=False,
            out=tmp_path / "warm", cache_dir=str(tmp_path / "warm-cache"), **options)  # one-time costs: imports, kernels
-    signals = measure(model, data, cache_dir=str(tmp_path / "cache"), timing=settings)
-    predicted = estimates(signals, 4)[strategy]
-    start = time.time()
-    hs.fit(hs.create_model("toy:cnn", 3), data, strategy, epochs=4, batch_size=16, progress=False,
-           out=tmp_path / "r", cache_dir=str(tmp_path / "cache"), **options)
-    measured = time.time() - start
-    # Within 30%, or a quarter of a second for the sub-second linear probe (its fixed costs jitter that much).
+    # Three rounds of measuring then running, each from a fresh cache (the run reuses the probe's features
+    # that measure() cached, as auto's own run does); the medians are compared, so that a noisy neighbour on
+    # the cores during one round moves neither side much.
+    predictions, times = [], []
+    for round_ in range(3):
+        cache = str(tmp_path / f"cache{round_}")
+        predictions.append(estimates(measure(model, data, cache_dir=cache, timing=settings), 4)[strategy])
+        start = time.time()
+        hs.fit(hs.create_model("toy:cnn", 3), data, strategy, epochs=4, batch_size=16, progress=False,
+               out=tmp_path / f"r{round_}", cache_dir=cache, **options)
+        times.append(time.time() - start)
+    predicted, measured = sorted(predictions)[1], sorted(times)[1]
     assert abs(predicted - measured) <= max(0.3 * measured, 0.25), (strategy, predicted, measured)
 
 
