@@ -7,7 +7,7 @@ import pytest
 
 import headstart as hs
 from headstart.errors import ConfigError
-from headstart.plan.auto import Signals, choose, decide, estimates, parse_budget, race
+from headstart.plan.auto import Signals, choose, decide, estimates, learning_rates, parse_budget, race
 
 
 def signals(**kw) -> Signals:
@@ -65,6 +65,14 @@ def test_text_fine_tunes_whole_when_two_epochs_fit_and_the_last_group_otherwise(
     both = decide(long, estimates(long, 2)["full"] * 1.01)
     assert both.strategy == "full" and both.train["epochs"] == 2 and both.train["head_lr"] == 1e-3  # 314 steps
     assert decide(long, None).train["head_lr"] == 1e-3  # unplanned epochs: the recipe's ~200 steps
+
+
+def test_an_image_head_keeps_the_strategys_rate_in_a_short_run_and_a_probe_runs_faster():
+    few = signals(per_class=20, n_train=200)  # 7 steps an epoch: a short run, which speeds a text head up
+    d = decide(few, estimates(few, 5)["partial"] * 1.01)
+    assert d.strategy == "partial" and d.train["epochs"] == 5
+    assert d.train["lr"] == d.train["head_lr"] == 1e-3  # the grid's partial, 2.2 points above a head at 1e-2
+    assert learning_rates("linear-probe", "image") == {"lr": 1e-2, "head_lr": 1e-2}
 
 
 def test_plenty_of_data_trains_everything_for_the_epochs_the_budget_allows():
