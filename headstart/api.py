@@ -134,7 +134,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
                      eval_s=decision.signals.get("eval_s") if decision is not None else None)
     if settings.report and writes:
         result.extra["report"] = report_after_fit(result.run_dir, data,
-                                                  model.backbone.net if model.spec.is_custom else None)
+                                                  model.backbone.net if model.spec.is_custom else None,
+                                                  result.test_outputs)
     return result
 
 

@@ -40,12 +40,14 @@ DPI = 80  # small figures keep a report cheap to draw (it is written after every
 # ----------------------------------------------------------------------------------------------- the report
 
 def write_report(run_dir: str | Path, data: DataSplits | None = None, *, module: torch.nn.Module | None = None,
-                 data_note: str | None = None) -> Path:
+                 data_note: str | None = None, test_outputs: torch.Tensor | None = None) -> Path:
     """Write `<run_dir>/report.html` (and its figures under `<run_dir>/report/`); returns the page's path.
 
     Args:
         data: the run's data; without it the sections that need predictions say so (`data_note`: why).
         module: the architecture of a custom ``nn.Module`` backbone, to load its best bundle.
+        test_outputs: the best model's outputs on ``data.test``, in its order, as the run's test pass
+            computed them (the report then scores those instead of running the model again).
     """
     run = check_run(run_dir)
     best = run / "best"
@@ -69,14 +71,15 @@ def write_report(run_dir: str | Path, data: DataSplits | None = None, *, module:
     page.section("strategy", "Strategy and what trains", strategy_html(run, config))
     if (run / DECISION_FILE).is_file():
         page.section("auto", "auto's decision", auto_html(json.loads((run / DECISION_FILE).read_text())))
-    evaluation_sections(page, best, meta, data, module, data_note)
+    evaluation_sections(page, best, meta, data, module, data_note, test_outputs)
     return page.write(run / REPORT_FILE)
 
 
-def report_after_fit(run_dir: str | Path, data: DataSplits, module: torch.nn.Module | None = None) -> Path | None:
+def report_after_fit(run_dir: str | Path, data: DataSplits, module: torch.nn.Module | None = None,
+                     test_outputs: torch.Tensor | None = None) -> Path | None:
     """`write_report` at the end of a fit: a failure warns with its reason and never loses the run."""
     try:
-        return write_report(run_dir, data, module=module)
+        return write_report(run_dir, data, module=module, test_outputs=test_outputs)
     except Exception as e:  # noqa: BLE001  the run is done and saved; the page is a convenience
         warnings.warn(f"the run's report could not be written ({type(e).__name__}: {e}); the run itself is "
                       f"complete. Rebuild it with: headstart report {run_dir}", stacklevel=2)
@@ -150,7 +153,8 @@ TITLES = {"confusion": "Confusion matrix", "per-class": "Per-class precision, re
 
 
 def evaluation_sections(page: Page, best: Path, meta: dict, data: DataSplits | None,
-                        module: torch.nn.Module | None, data_note: str | None) -> None:
+                        module: torch.nn.Module | None, data_note: str | None,
+                        test_outputs: torch.Tensor | None = None) -> None:
     """The sections that score the best model on the data; each says why when it cannot be shown."""
     reason = None
     if meta.get("extra_heads") or (data is not None and tasks_of(data) is not None):
@@ -169,9 +173,12 @@ def evaluation_sections(page: Page, best: Path, meta: dict, data: DataSplits | N
     split_name = "test" if data.test is not None else "val"
     model = load_model(best, module=module)
     split = align_labels(getattr(data, split_name), model.labels)
-    placement = inference_placement(model)  # as predict computes: bf16 and channels_last where they are faster
-    outputs = predict_outputs(placement.move(model), make_batcher(split, model.spec, train=False), batch_size=128,
-                              **placement.kwargs())
+    if split_name == "test" and test_outputs is not None and len(test_outputs) == len(split):
+        outputs = test_outputs  # the run's own test pass: the figures agree with test_metrics.json
+    else:
+        placement = inference_placement(model)  # as predict computes: bf16 and channels_last where faster
+        outputs = predict_outputs(placement.move(model), make_batcher(split, model.spec, train=False),
+                                  batch_size=128, **placement.kwargs())
     probs = outputs.float().softmax(1).numpy()
     preds = decide(probs, model.decision)
     truth = split.targets.numpy()

@@ -60,9 +60,9 @@ def test_a_time_limit_stops_training_early_and_keeps_a_tested_bundle(tmp_path):
 
 
 def test_the_deadline_keeps_room_for_what_follows_a_step():
-    d = Deadline(time.time() + 10, n_val=100, n_test=200, report=True, batch_size=10)
+    d = Deadline(time.time() + 10, n_val=100, n_test=200, batch_size=10)
     assert d.room_for_step(0.1)  # validation guessed from the step: a third of 0.1 s per 10 samples, 0.33 s
-    d.val_s = 4.0  # measured: 4 s of validation, so the test pass (twice, for the report) costs 16 s
+    d.val_s = 4.0  # measured: 4 s of validation, so the test pass costs 8 s
     assert not d.room_for_step(0.1)
 
 
@@ -123,10 +123,10 @@ def test_a_stop_between_epochs_is_marked_on_the_last_row(tmp_path, monkeypatch):
 
 def test_before_the_first_validation_the_deadline_uses_the_measured_evaluation_speed():
     # The numbers of a 45 s BBC run: a first step of 0.88 s for 16 texts, evaluation measured at 0.011 s a text.
-    guessed = Deadline(time.time() + 30, n_val=40, n_test=444, report=True, batch_size=16, finish_s=4.0)
-    measured = Deadline(time.time() + 30, n_val=40, n_test=444, report=True, batch_size=16, finish_s=4.0,
+    guessed = Deadline(time.time() + 30, n_val=40, n_test=444, batch_size=16, finish_s=4.0)
+    measured = Deadline(time.time() + 30, n_val=40, n_test=444, batch_size=16, finish_s=4.0,
                         eval_s=0.011)
     guessed.step_s = measured.step_s = 0.88
-    assert measured.reserve() == pytest.approx(0.011 * 40 + 0.011 * 444 * 2 + 4.0)
-    assert guessed.reserve() == pytest.approx(0.88 / 16 / 3 * (40 + 444 * 2) + 4.0)  # a third of a step a sample
+    assert measured.reserve() == pytest.approx(0.011 * 40 + 0.011 * 444 + 4.0)  # one test pass: the report reuses it
+    assert guessed.reserve() == pytest.approx(0.88 / 16 / 3 * (40 + 444) + 4.0)  # a third of a step a sample
     assert measured.room_for_step(0.88)

@@ -102,6 +102,27 @@ def test_fit_writes_a_report_with_every_section(tmp_path, tiny_data):
     assert f"{run.test_metrics['test/accuracy']:.4g}" in page
 
 
+def test_the_report_scores_the_runs_own_test_pass_without_a_second_one(tmp_path, tiny_data, monkeypatch):
+    import headstart.report as report
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("the report ran the model over the test split again")
+
+    monkeypatch.setattr(report, "predict_outputs", no_second_pass)
+    run = fit(tiny_data, tmp_path / "run")
+    assert run.test_outputs is not None and run.test_outputs.shape == (24, 3)
+    page = run.extra["report"].read_text()
+    assert sections(page) == ["overview", "curves", "lr", "strategy", *EVALUATION]
+    # Its confusion matrix is the test accuracy's: the diagonal of the per-class table counts the correct ones.
+    right = (run.test_outputs.argmax(1) == tiny_data.test.targets).sum().item()
+    assert right == round(run.test_metrics["test/accuracy"] * 24)
+    recalls = [float(r) for r in re.findall(r"<td>[abc]</td><td>[0-9.]+</td><td>([0-9.]+)</td>", page)]
+    assert round(sum(r * 8 for r in recalls)) == right
+    # Rebuilt later without the run's outputs, the report scores the best model itself, to the same page.
+    monkeypatch.undo()
+    assert write_report(tmp_path / "run", tiny_data).read_text().count("<section") == page.count("<section")
+
+
 def test_report_off_and_a_failing_report_keeps_the_run(tmp_path, tiny_data, monkeypatch):
     run = fit(tiny_data, tmp_path / "off", report=False)
     assert "report" not in run.extra and not (tmp_path / "off" / "report.html").exists()

@@ -15,7 +15,7 @@ training early if the estimate was short.
 Why these rules (evidence: the strategy grid and the auto suite in bench/results, and the literature):
 - very few samples per class (< 10 for images, < 5 for text): fine-tuning everything overfits, yet the grid
   put partial fine-tuning of the last group above a linear probe at 1 and 5 per class (Fashion-MNIST 0.457 vs
-  0.419, BBC 0.829 vs 0.802), so partial, on cached activations; a linear probe when even that does not fit;
+  0.419, BBC 0.829 vs 0.802), so partial; a linear probe when even that does not fit;
 - features that already separate the task (linear-probe proxy >= 0.97): a linear probe is as good and
   10-25x cheaper on a CPU;
 - text encoders (no BatchNorm) with 5 or more samples per class: full fine-tuning at the BERT rates (Devlin
@@ -33,7 +33,7 @@ Why these rules (evidence: the strategy grid and the auto suite in bench/results
   the two closest, so the race, not a rule, decides between them;
 - large transformer encoders (> 80M parameters): LoRA, which keeps memory and checkpoints small (on a CPU it
   is not faster, so it is not chosen for speed);
-- when fine-tuning does not fit the budget: partial fine-tuning of the last group (cached prefix),
+- when fine-tuning does not fit the budget: partial fine-tuning of the last group,
   then a linear probe.
 """
 from __future__ import annotations
@@ -158,15 +158,15 @@ class Decision:
 def estimates(s: Signals, epochs: int) -> dict[str, float]:
     """Seconds each candidate still needs, from the measured throughput (empty when nothing was timed).
 
-    Every candidate pays a validation pass per epoch and the finish: the test pass, the report's second pass
-    over the test split, and the fixed costs of the bundle and the report. The linear probe and LP-FT's
+    Every candidate pays a validation pass per epoch and the finish: the test pass (whose outputs the report
+    reuses) and the fixed costs of the bundle and the report. The linear probe and LP-FT's
     first phase run on cached features; the training features are cached already when the shift signal was
     measured. LoRA's step, when not timed, is charged as a full one (on a CPU it is not cheaper).
     """
     if s.eval_s is None or s.extract_s is None or not s.step_s:
         return {}
     val = s.n_val * s.eval_s
-    finish = 2 * s.n_test * s.eval_s + finish_seconds(s.params_m)
+    finish = s.n_test * s.eval_s + finish_seconds(s.params_m)
     features = (0.0 if s.probe_accuracy is not None else s.n_train * s.extract_s) + s.n_val * s.extract_s
     head_epoch = math.ceil(s.n_train / (s.batch_size or 32)) * HEAD_STEP_S  # a step on cached features
 
@@ -217,7 +217,7 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
         choice, options = "partial", dict(RACE_OPTIONS["partial"])
         train["epochs"] = affordable_epochs("partial")
         reasons.append(f"{s.per_class:.0f} samples per class: too few to fine-tune everything; the last group "
-                       "adapts on cached activations (the grid: above a linear probe at 1 and 5 per class)")
+                       "adapts (the grid: above a linear probe at 1 and 5 per class)")
     elif few_shot:
         choice = "linear-probe"
         reasons.append(f"{s.per_class:.0f} samples per class and no time for more: a linear probe")
@@ -245,11 +245,11 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
         choice, options = "partial", dict(RACE_OPTIONS["partial"])
         train["epochs"] = affordable_epochs("partial")
         if s.modality == "image" and s.per_class < FULL_PER_CLASS:
-            reasons.append(f"{s.per_class:.0f} samples per class: partial fine-tuning of the last group on cached "
-                           "activations (at or near the top of every image cell from 10 to 100 per class), "
+            reasons.append(f"{s.per_class:.0f} samples per class: partial fine-tuning of the last group (at or near "
+                           "the top of every image cell from 10 to 100 per class), "
                            f"{train['epochs']} epochs fit the budget")
         else:
-            reasons.append("full fine-tuning does not fit the budget: the last group trains on cached activations")
+            reasons.append("full fine-tuning does not fit the budget: the last group trains")
     else:
         choice = "linear-probe"
         reasons.append("only a linear probe fits the budget")

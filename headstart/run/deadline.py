@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 
 # What a run pays besides its steps and its passes over the data: setting up, writing and reloading the best
-# bundle, the report's figures and page (the report's pass over the test split is charged per sample). It
+# bundle, the report's figures and page (it scores the test pass's outputs, charged per sample). It
 # grows with the model (its bundle is written and read back): measured here, 0.45 s for the unit tests' toy
 # CNN (0.3 s of it the report's four figures) and about 1.2 s for EfficientNet-Lite0 (3.4M parameters);
 # capped, as a guess, for larger models.
@@ -65,7 +65,6 @@ class Deadline:
     at: float
     n_val: int
     n_test: int
-    report: bool = True
     batch_size: int = 32
     finish_s: float = FINISH_S  # finish_seconds() of the run's model
     val_s: float | None = None  # the last validation pass, measured
@@ -74,9 +73,9 @@ class Deadline:
     reason: str | None = None  # why the run stopped early, once it has
 
     @classmethod
-    def until(cls, at: float | None, n_val: int, n_test: int, report: bool, batch_size: int,
+    def until(cls, at: float | None, n_val: int, n_test: int, batch_size: int,
               finish_s: float = FINISH_S, eval_s: float | None = None) -> "Deadline | None":
-        return None if at is None else cls(at, n_val, n_test, report, batch_size, finish_s, eval_s=eval_s)
+        return None if at is None else cls(at, n_val, n_test, batch_size, finish_s, eval_s=eval_s)
 
     def left(self) -> float:
         return self.at - time.time()
@@ -91,8 +90,8 @@ class Deadline:
         else:
             per_sample = self.eval_s if self.eval_s is not None else self.step_s / self.batch_size / 3
         val = self.val_s if self.val_s is not None else per_sample * self.n_val
-        test = per_sample * self.n_test * (2 if self.report else 1)  # the report scores the test split again
-        return val + test + self.finish_s
+        # One test pass: the report scores the outputs it computed, not the test split again.
+        return val + per_sample * self.n_test + self.finish_s
 
     def room_for_step(self, step_s: float) -> bool:
         """Whether one more step of `step_s` seconds leaves time for what must follow it."""

@@ -148,8 +148,14 @@ def evaluate_split(model: nn.Module, batcher: Batcher, metric_names: list[str], 
     multi-task run's {head: task} of `TransferModel.head_tasks`), every task is scored (`evaluate_tasks`)."""
     if tasks is not None:
         return evaluate_tasks(model, batcher, tasks, prefix, objective, **kwargs)
-    outputs = predict_outputs(model, batcher, **kwargs)
-    targets = batcher.data.targets
+    return score_outputs(predict_outputs(model, batcher, **kwargs), batcher.data.targets, metric_names, prefix,
+                         objective, positive, threshold)
+
+
+def score_outputs(outputs: torch.Tensor, targets: torch.Tensor, metric_names: list[str], prefix: str,
+                  objective: Callable | None = None, positive: int | None = None,
+                  threshold: float | None = None) -> dict[str, float]:
+    """`evaluate_split`'s metrics of a single-task split's outputs, already computed."""
     metrics = compute_metrics(outputs, targets, metric_names, prefix=f"{prefix}/", positive=positive,
                               threshold=threshold)
     if objective is not None:

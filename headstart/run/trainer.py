@@ -32,7 +32,7 @@ from .sharding import check_fsdp, full_optimizer_state, full_state, load_full_st
 from .dropout import install as install_fast_dropout
 from .folder import TEST_FILE, RunFolder, read_metrics
 from .inputs import EpochInputs
-from .loop import BadSteps, evaluate_split, evaluate_target, train_epoch
+from .loop import BadSteps, evaluate_split, evaluate_target, score_outputs, train_epoch
 from .optim import build_optimizer, build_scheduler, regroup
 from .selection import BestEpoch, metric_setup, monitored_metric
 from .settings import TrainSettings, with_rates, with_schedule
@@ -40,7 +40,7 @@ from .settings import TrainSettings, with_rates, with_schedule
 
 @dataclass
 class RunResult:
-    """What a finished run produced; everything here is also in the run folder."""
+    """What a finished run produced; everything here but `test_outputs` is also in the run folder."""
 
     run_dir: Path
     history: list[dict[str, Any]]
@@ -50,6 +50,9 @@ class RunResult:
     stopped_early: bool = False
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # The best model's outputs on the test split, in data order (single-task runs): the report reuses them
+    # instead of a second pass over the test split.
+    test_outputs: torch.Tensor | None = None
 
 
 def fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: Objective,
@@ -72,7 +75,7 @@ def fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: O
     strategy.check_schedule(s.epochs)
     limits = [t for t in (until, (started or time.time()) + s.time_limit if s.time_limit else None) if t]
     deadline = Deadline.until(min(limits) if limits else None, len(data.val),
-                              len(data.test) if data.test is not None else 0, s.report, s.batch_size,
+                              len(data.test) if data.test is not None else 0, s.batch_size,
                               finish_seconds(sum(p.numel() for p in model.parameters()) / 1e6), eval_s)
     folder = out if isinstance(out, RunFolder) else RunFolder.open(out, default_record(strategy, s))
     try:
@@ -244,7 +247,8 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
     warning = stalled(history, s)
     if warning and accelerator.is_main_process:
         warnings.warn(warning, stacklevel=2)
-    test_metrics = test_best(core, data, s, folder, inputs, metric_names, compute, evaluate) if kept.epoch else None
+    test_metrics, test_outputs = (test_best(core, data, s, folder, inputs, metric_names, compute, evaluate)
+                                  if kept.epoch else (None, None))
     extra = bundle_report(folder.best)
     if show and extra:
         print(extra["bundle"])
@@ -252,7 +256,7 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
     if deadline is not None and deadline.reason:
         extra["time_limit"] = deadline.reason
     return RunResult(folder.path, history, kept.epoch, {k: v for k, v in best_row.items() if "/" in k},
-                     test_metrics, stopped, time.perf_counter() - start_time, extra)
+                     test_metrics, stopped, time.perf_counter() - start_time, extra, test_outputs)
 
 
 @dataclass
@@ -369,20 +373,29 @@ def restore(state: dict[str, Any], model, optimizer, scheduler, kept: BestEpoch,
 
 
 def test_best(core: TransferModel, data: DataSplits, s: TrainSettings, folder: RunFolder, inputs: EpochInputs,
-              metric_names: list[str], compute: Compute, evaluate: dict) -> dict[str, float] | None:
+              metric_names: list[str], compute: Compute, evaluate: dict
+              ) -> tuple[dict[str, float] | None, torch.Tensor | None]:
     """The best epoch's bundle, reloaded: its decision threshold (train.metric f1, binary) chosen on val, then
-    its metrics on the test split (None without one), written to test_metrics.json."""
+    its metrics on the test split, written to test_metrics.json, and (single-task runs) its outputs there;
+    (None, None) without a test split."""
     best = load_model(folder.best, module=core.backbone.net if core.spec.is_custom else None)
     if s.metric == "f1" and best.num_outputs == 2 and "tasks" not in evaluate:
         evaluate = {**evaluate, "threshold": choose_threshold(best, data.val, folder, evaluate)}
     if data.test is None:
-        return None
+        return None, None
     test_model, test_batches, head_only = inputs.test_inputs(best, data.test)
-    metrics = evaluate_split(test_model, test_batches, metric_names, "test",
-                             bf16=compute.bf16_eval and not head_only, **evaluate)
+    bf16 = compute.bf16_eval and not head_only
+    outputs = None
+    if "tasks" in evaluate:
+        metrics = evaluate_split(test_model, test_batches, metric_names, "test", bf16=bf16, **evaluate)
+    else:
+        outputs = predict_outputs(test_model, test_batches, bf16=bf16,
+                                  **{k: evaluate[k] for k in ("batch_size", "channels_last", "device")})
+        metrics = score_outputs(outputs, data.test.targets, metric_names, "test", positive=evaluate.get("positive"),
+                                threshold=evaluate.get("threshold"))
     if folder.writes:
         folder.write_text(TEST_FILE, json.dumps(metrics, indent=2))
-    return metrics
+    return metrics, outputs
 
 
 def choose_threshold(best: TransferModel, val, folder: RunFolder, evaluate: dict) -> float:
