@@ -130,3 +130,21 @@ def test_before_the_first_validation_the_deadline_uses_the_measured_evaluation_s
     assert measured.reserve() == pytest.approx(0.011 * 40 + 0.011 * 444 + 4.0)  # one test pass: the report reuses it
     assert guessed.reserve() == pytest.approx(0.88 / 16 / 3 * (40 + 444) + 4.0)  # a third of a step a sample
     assert measured.room_for_step(0.88)
+
+
+def test_timing_repeats_cheap_calls_only_until_their_wall_time_is_spent(monkeypatch):
+    import headstart.plan.throughput as throughput
+
+    calls = []
+
+    def per_sample(i):  # a call of 0.1 s for a batch of 20: 0.005 s a sample
+        calls.append(i)
+        time.sleep(0.1)
+        return 0.005
+
+    monkeypatch.setattr(throughput, "TIMED_S", 0.25)
+    assert throughput.mean_seconds(per_sample, least=1) == pytest.approx(0.005)
+    assert len(calls) == 3  # 0.3 s of wall time, not 20 calls whose per-sample seconds add up to 0.1
+    calls.clear()
+    throughput.mean_seconds(lambda i: calls.append(i) or 1e-6, least=3)
+    assert len(calls) == throughput.MOST_REPEATS  # cheap calls repeat, up to the cap
