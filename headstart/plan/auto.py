@@ -60,11 +60,6 @@ from ..runtime import inference_placement
 from .throughput import measure_throughput
 from .transferability import linear_probe_proxy
 
-# Effective CPU throughput (GFLOP/s) used to turn FLOPs into seconds: about half the measured bf16 peak of the
-# 2-core machines for inference, a quarter for training steps (ASSETS.md: 22-69% of peak achieved).
-# Fixed numbers keep the decision deterministic for a given model, data, seed and budget.
-INFER_GFLOPS = 300.0
-TRAIN_GFLOPS = 120.0
 # A training step of a head on cached features is Python overhead (objective, backward, AdamW, schedule):
 # 0.7 ms here for the toy CNN's head, about 1 ms for a 1280-feature one.
 HEAD_STEP_S = 1e-3

@@ -39,10 +39,9 @@ class Throughput:
     measured_s: float  # what measuring cost
 
 
-def sample_batches(n: int, batch_size: int, count: int, seed: int = 0) -> list[torch.Tensor]:
-    """`count` batches of random training indices (with replacement across batches when data is short)."""
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randperm(n, generator=g)[:batch_size] for _ in range(count)]
+def sample_batch(n: int, batch_size: int, seed: int) -> torch.Tensor:
+    """A seeded batch of `batch_size` distinct random training indices."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:batch_size]
 
 
 FORWARD_SAMPLES = 32  # a forward pass is timed on this many samples (after 4 to warm up): the rate per sample
@@ -78,7 +77,7 @@ def time_forward(model, train, batch_size: int, folded: bool) -> float:
     try:
         with torch.no_grad():
             run = model
-            warm = sample_batches(len(train), min(4, size), 1, seed=1)[0]
+            warm = sample_batch(len(train), min(4, size), seed=1)
             if folded:
                 sample = to_device(batcher.inputs(warm[:2]), placement.device, placement.channels_last)
                 frozen = inference_module(model.backbone, lambda m: m.forward_features(sample))
@@ -92,14 +91,14 @@ def time_forward(model, train, batch_size: int, folded: bool) -> float:
                 return (time.perf_counter() - t) / len(idx)
 
             forward(warm)  # oneDNN builds its kernels on the first call
-            return mean_seconds(lambda i: forward(sample_batches(len(train), size, 1, seed=i)[0]), least=1)
+            return mean_seconds(lambda i: forward(sample_batch(len(train), size, seed=i)), least=1)
     finally:
         model.train(was_training)
 
 
 def time_steps(model, train, settings: TrainSettings, kind: str, steps: int = 3) -> float:
-    """Seconds per sample of a training step (batch assembly, forward, backward, AdamW) of a copy of `model`
-    with the trainable set of `kind` (KINDS)."""
+    """Seconds per sample of a training step (batch assembly, forward, backward, the run's optimizer) of a copy
+    of `model` with the trainable set of `kind` (KINDS)."""
     name, options = KINDS[kind]
     trial = copy.deepcopy(model)
     get_strategy(name, **options).apply(trial, epoch=0)
@@ -115,7 +114,7 @@ def time_steps(model, train, settings: TrainSettings, kind: str, steps: int = 3)
     trial.train()
 
     def step(i: int) -> float:
-        idx = sample_batches(len(train), batch_size, 1, seed=i)[0]
+        idx = sample_batch(len(train), batch_size, seed=i)
         t = time.perf_counter()
         batch = batcher.batch(idx, rng).to(device, compute.channels_last)
         with depthwise_in_fp32(trial, enabled=compute.pinned), autocast(device, compute.bf16_train):

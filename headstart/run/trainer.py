@@ -201,7 +201,7 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
                     row["stopped"] = "time limit"
             if target is not None:  # domain adaptation: label-free validators (and the oracle, when labelled)
                 row.update(evaluate_target(plan.eval_model, target, list(data.classes), bf16=compute.bf16_eval,
-                                           **{k: evaluate[k] for k in ("batch_size", "channels_last", "device")}))
+                                           **placement_of(evaluate)))
             row.update(objective.task_weights())  # the weights this epoch trained with
             objective.end_epoch(row)
             row.update(lr=optimizer.param_groups[-1]["lr"], seconds=round(time.perf_counter() - t0, 3),
@@ -390,7 +390,7 @@ def test_best(core: TransferModel, data: DataSplits, s: TrainSettings, folder: R
         metrics = evaluate_split(test_model, test_batches, metric_names, "test", bf16=bf16, **evaluate)
     else:
         outputs = predict_outputs(test_model, test_batches, bf16=bf16,
-                                  **{k: evaluate[k] for k in ("batch_size", "channels_last", "device")})
+                                  **placement_of(evaluate))
         metrics = score_outputs(outputs, data.test.targets, metric_names, "test", positive=evaluate.get("positive"),
                                 threshold=evaluate.get("threshold"))
     if folder.writes:
@@ -398,10 +398,15 @@ def test_best(core: TransferModel, data: DataSplits, s: TrainSettings, folder: R
     return metrics, outputs
 
 
+def placement_of(evaluate: dict) -> dict:
+    """The keyword arguments of `predict_outputs` among a run's evaluation settings."""
+    return {k: evaluate[k] for k in ("batch_size", "channels_last", "device")}
+
+
 def choose_threshold(best: TransferModel, val, folder: RunFolder, evaluate: dict) -> float:
     """The positive class's probability threshold that maximises its F1 on the val split (argmax, 0.5, is
     rarely best on imbalanced data), set on the best model and saved in its bundle."""
-    placement = {k: evaluate[k] for k in ("batch_size", "channels_last", "device")}
+    placement = placement_of(evaluate)
     outputs = predict_outputs(best, make_batcher(val, best.spec, train=False), **placement)
     threshold = best_threshold(outputs, val.targets, evaluate["positive"])
     best.set_decision(evaluate["positive"], threshold)
