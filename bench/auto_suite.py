@@ -242,7 +242,7 @@ def read_run(run: Path) -> dict:
            else {}}
     if (run / "auto.json").exists():
         d = json.loads((run / "auto.json").read_text())
-        out["auto"] = {k: d.get(k) for k in ("strategy", "options", "train", "reasons")}
+        out["auto"] = {k: d.get(k) for k in ("strategy", "options", "train", "reasons", "contender")}
     cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
     planned = (cfg.get("train") or {}).get("epochs")
     logged = set()
@@ -430,8 +430,10 @@ def table(rows: list[dict], quick: bool) -> str:
              "|---|---:|---|---:|---|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         d, auto = summarise(r), r["auto"]
+        shipped = "error" not in auto and (auto["auto"].get("contender") or {}).get("shipped")
         pick = "failed" if "error" in auto else \
-            f"{auto['auto']['strategy']}" + (f" {auto['auto']['options']}" if auto["auto"].get("options") else "")
+            f"{auto['auto']['strategy']}" + (f" {auto['auto']['options']}" if auto["auto"].get("options") else "") + \
+            (" -> pixels (transfer did not help)" if shipped else "")
         metric = "R^2" if r["kind"] == "regression" else r["metric"] + \
             (f" ({r['settings']['positive']})" if r["metric"] == "f1" else "")
         a = fmt(auto.get("metric")) + (f" ({auto['mse']:.3f})" if auto.get("mse") is not None else "")

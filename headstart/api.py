@@ -23,7 +23,11 @@ from .data.tasks import combine_tasks, derive_tasks, table_tasks, tasks_of
 from .errors import ConfigError, HeadstartError
 from .model import TransferModel, create_model
 from .objectives import Objective, domain_term, multitask_objective, task_objective
+from .atomic import atomic_write_text
 from .plan.auto import DECISION_FILE, choose, parse_budget
+from .plan.contender import applies as contender_applies
+from .plan.contender import explain as explain_contender
+from .plan.contender import raw_input_contender, settle, unsettle
 from .plan.lr_find import SWEEP_DEFAULTS, LRFind, check_range, find_lr
 from .plan.rank import rank as _rank
 from .report import check_run, report_after_fit
@@ -73,14 +77,16 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         raise ConfigError("strategy 'auto' chooses for single-task data; name a strategy for a multi-task run "
                           "(full, partial, lora, lp-ft, ...)")
     started = started if started is not None else time.time()
-    until = None
+    until, contender = None, None
     if chosen.name == "auto":  # the planner chooses a strategy and settings; the user's explicit ones win
         prepare_head(model, data, train.get("seed", 0))
         budget = parse_budget(chosen.budget)
         until = started + budget if budget is not None else None
+        planned = validate_config({"train": {**train, "lr": None}}).train
+        # Fitted before choosing (about a second), so the budget's clock has charged it when the epochs are planned.
+        contender = raw_input_contender(model, data, planned) if contender_applies(model, data) else None
         # Timed and planned at the schedule full fine-tuning would get (the planner fits the epochs to the budget).
-        timing, _ = with_schedule(train_settings(validate_config({"train": {**train, "lr": None}}).train),
-                                  model.spec.modality, len(data.train), "full")
+        timing, _ = with_schedule(train_settings(planned), model.spec.modality, len(data.train), "full")
         decision = choose(model, data, budget, train.get("epochs") or timing.epochs, seed=train.get("seed", 0),
                           cache_dir=train.get("cache_dir"), run_dir=out if resume else None, fit=fit,
                           judge={k: train.get(k) for k in ("metric", "positive_class")}, settings=timing,
@@ -118,6 +124,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     train_cfg = train_cfg.model_copy(update={k: getattr(resolved, k) for k in ("epochs", "batch_size", "scheduler",
                                                                                "warmup_epochs")})
     record = resolved_record(record, model, data, chosen, augment, train_cfg, out)
+    if resume and contender is not None:
+        unsettle(out)  # a run that shipped its contender resumes from the model it trained
     folder = RunFolder.open(out, record.model_dump(mode="json"), resume,
                             normalise=lambda saved: validate_config(saved).model_dump(mode="json"))
     try:
@@ -132,6 +140,13 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
     result = run_fit(model, data, plan, objective, settings, folder, augment=augment, started=started,
                      until=None if resume else until,
                      eval_s=decision.signals.get("eval_s") if decision is not None else None)
+    if contender is not None and result.best_epoch:  # auto: does the trained model beat raw pixels on val?
+        decision.contender = settle(contender, result, data, writes=writes)
+        decision.reasons.append(explain_contender(decision.contender, decision.strategy))
+        if writes:
+            atomic_write_text(Path(result.run_dir) / DECISION_FILE, json.dumps(decision.to_dict(), indent=2))
+        if settings.progress:
+            print(decision.reasons[-1])
     if settings.report and writes:
         result.extra["report"] = report_after_fit(result.run_dir, data,
                                                   model.backbone.net if model.spec.is_custom else None,

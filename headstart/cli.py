@@ -109,7 +109,9 @@ def fit(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         overrides.append(f"tasks={json.dumps(task_list(task))}")
     cfg = load_config(config, overrides)
     result = fit_from_config(cfg, resume=resume is not None, started=process_started())
-    typer.echo(f"best epoch {result.best_epoch}: " + format_metrics(result.best_metrics))
+    shipped = result.extra.get("contender")  # auto shipped its raw-input contender instead of the trained model
+    best = f"best: {shipped['model']}" if shipped else f"best epoch {result.best_epoch}"
+    typer.echo(f"{best}: " + format_metrics(result.best_metrics))
     if result.test_metrics:
         typer.echo("test: " + format_metrics(result.test_metrics))
     typer.echo(f"run folder: {result.run_dir}")

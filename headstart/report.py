@@ -114,6 +114,9 @@ def overview(run: Path, config: dict, history: list[dict], meta: dict) -> str:
             ("epochs run", f"{len(history)} of {train.get('epochs', '?')}"),
             ("training time", f"{training_seconds(history):.1f} s (sum of the epochs' seconds)"),
             ("best epoch", meta.get("epoch"))]
+    if meta.get("contender"):  # auto shipped its raw-input contender (plan/contender.py)
+        rows += [("shipped model", f"{meta['contender']['model']}: auto's raw-input contender, which beat the "
+                                   "trained model on val (that model is in transfer/)")]
     best = {k: v for k, v in (meta.get("metrics") or {}).items() if "/" in k and not k.startswith("train/")}
     test = read_test_metrics(run)
     return ('<div class="row"><div>' + table(["", ""], [(k, v) for k, v in rows if v is not None], header=False)

@@ -15,6 +15,7 @@ EXAMPLES = {
     "timm": ["timm:test_efficientnet", "timm:test_vit", "timm:resnet18"],
     "torchvision": ["torchvision:mobilenet_v3_small", "torchvision:resnet18"],
     "hf": [],  # needs a model directory: tests/test_text.py builds a tiny BERT and checks the same contract
+    "pixels": [],  # no parameters, so no layer groups: tests/test_contender.py checks its features
 }
 ALL_EXAMPLES = [n for names in EXAMPLES.values() for n in names]
 

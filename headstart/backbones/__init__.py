@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 # Importing the modules registers their sources.
-from . import custom, hf_source, timm_source, torchvision_source, toy  # noqa: F401
+from . import custom, hf_source, pixels, timm_source, torchvision_source, toy  # noqa: F401
 from .sources import SOURCES, create_backbone, list_backbones, split_name
 from .spec import BackboneSpec, ImagePreprocessing, LayerGroup, TextPreprocessing
 from .wrapper import FeatureBackbone

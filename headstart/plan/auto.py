@@ -139,6 +139,7 @@ class Decision:
     signals: dict[str, Any] = field(default_factory=dict)
     race: list[dict[str, Any]] | None = None
     augment: bool | None = None  # False: train without augmentation (None: as the run was asked)
+    contender: dict[str, Any] | None = None  # the raw-input contender's verdict after training (contender.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
