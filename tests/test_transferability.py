@@ -11,7 +11,7 @@ import torch
 from headstart.errors import DataError
 from headstart.registry import UnknownNameError
 from headstart.plan.transferability import (SCORES, _ledoit_wolf_shrinkage, h_score, leep, linear_probe_proxy, logme,
-                                       nce, score)
+                                            nce, score, stratified_folds)
 
 
 def blobs(n_per_class: int = 20, k: int = 4, d: int = 8, spread: float = 4.0, seed: int = 0):
@@ -328,18 +328,32 @@ def test_linear_probe_is_deterministic_and_handles_small_classes():
 
 def test_linear_probe_matches_a_plain_ridge_fit_per_fold():
     from sklearn.linear_model import Ridge
-    from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
 
     f, y = blobs(12, k=3, d=5)
     f = f + np.random.default_rng(2).normal(scale=5, size=f.shape)
     correct = 0
-    for train, test in StratifiedKFold(4, shuffle=True, random_state=7).split(f, y):  # l2 = 1 per sample
+    for test in stratified_folds(y, 4, 7):  # l2 = 1 per sample
+        train = np.setdiff1d(np.arange(len(y)), test)
         scaler = StandardScaler().fit(f[train])
         ridge = Ridge(alpha=1.0 * len(train)).fit(scaler.transform(f[train]), np.eye(3)[y[train]])
         correct += (ridge.predict(scaler.transform(f[test])).argmax(1) == y[test]).sum()
     assert linear_probe_proxy(f, y, folds=4, seed=7) == pytest.approx(correct / len(y))
     assert linear_probe_proxy(f, y, folds=4, seed=7, l2=1e-3) != linear_probe_proxy(f, y, folds=4, seed=7)
+
+
+@pytest.mark.parametrize("counts", [(10, 7, 5), (3, 3), (40, 2, 9, 9)])
+def test_stratified_folds_partition_the_samples_with_every_class_in_proportion(counts):
+    codes = np.repeat(np.arange(len(counts)), counts)
+    folds = stratified_folds(codes, 2 if min(counts) == 2 else 3, seed=0)
+    assert np.array_equal(np.sort(np.concatenate(folds)), np.arange(len(codes)))  # each sample held out once
+    sizes = [len(f) for f in folds]
+    assert max(sizes) - min(sizes) <= 1
+    for c, n in enumerate(counts):  # each class spread over the folds as evenly as it can be
+        per_fold = [int((codes[f] == c).sum()) for f in folds]
+        assert max(per_fold) - min(per_fold) <= 1 and sum(per_fold) == n
+    assert [f.tolist() for f in folds] == [f.tolist() for f in stratified_folds(codes, len(folds), seed=0)]
+    assert [f.tolist() for f in folds] != [f.tolist() for f in stratified_folds(codes, len(folds), seed=1)]
 
 
 # ---------------------------------------------------------------------------------------------------------
