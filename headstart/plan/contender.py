@@ -9,8 +9,8 @@ on the image pooled to a grid (`pixels:16` or `pixels:32`) is fitted on the trai
 beats the trained model on val by more than the score's standard error, auto ships it and says why.
 
 The linear model is fitted, not trained by SGD: logistic regression (L-BFGS) or ridge regression (closed
-form) on standardised features, its L2 strength chosen on val from a short grid. The standardisation is
-folded into the head's Linear layer, so the result is an ordinary headstart model (`pixels:<side>` + a linear
+form) on centred features scaled by one common factor, its L2 strength chosen on val from a short grid. The
+scaling is folded into the head's Linear layer, so the result is an ordinary headstart model (`pixels:<side>` + a linear
 head) that saves, loads, predicts and exports like any other.
 """
 from __future__ import annotations
@@ -184,7 +184,7 @@ def contender_wins(mine: float, theirs: float, monitor: str, n_val: int) -> tupl
         return theirs < mine - margin, margin
     p = min(max((mine + theirs) / 2, 0.05), 0.95)
     margin = proportion_se(p, n_val)
-    return theirs > mine + margin, margin if math.isfinite(margin) else 0.0
+    return theirs > mine + margin, margin
 
 
 def settle(contender: Contender, result: RunResult, data, *, writes: bool = True) -> dict[str, Any]:
@@ -215,7 +215,7 @@ def settle(contender: Contender, result: RunResult, data, *, writes: bool = True
     result.extra["contender"] = record
     if writes:
         kept = run / TRANSFER_DIR
-        kept.mkdir()
+        kept.mkdir(exist_ok=True)
         staged = run / "best.contender"
         shutil.rmtree(staged, ignore_errors=True)
         save_bundle(contender.model, staged, {"contender": record, "metrics": contender.val_metrics,
