@@ -217,8 +217,23 @@ def test_settings_left_unset_do_not_erase_autos_choice(tiny_data, tmp_path):
     assert cfg.train.epochs == saved["train"]["epochs"]
 
 
-def test_image_regression_trains_without_flips_and_crops():
+def test_images_train_without_flips_and_crops():
     assert decide(signals(task="regression"), None).augment is False
-    assert any("no flips" in r for r in decide(signals(task="regression"), None).reasons)
-    assert decide(signals(), None).augment is None  # classification: as the run was asked
+    assert any("change the target" in r for r in decide(signals(task="regression"), None).reasons)
+    assert decide(signals(), None).augment is False  # classification too: short runs do better without them
+    assert any("no flips or crops" in r for r in decide(signals(), None).reasons)
+    assert decide(signals(modality="text", params_m=22.6), None).augment is None  # text: as the run was asked
     assert decide(signals(task="regression", modality="text", params_m=22.6), None).augment is None
+
+
+def test_the_race_trains_as_the_run_will(tiny_data, monkeypatch):
+    seen = []
+
+    def fit(*args, augment=True, **kwargs):
+        seen.append(augment)
+        return hs.fit(*args, augment=augment, **kwargs)
+
+    decision = decide(signals(n_train=54, n_val=18, num_classes=3, per_class=18, n_test=0), None)
+    assert decision.strategy == "partial" and decision.augment is False
+    race(hs.create_model("toy:cnn", 3), tiny_data, decision, 1e6, 1, fit=fit)
+    assert seen and not any(seen)

@@ -255,9 +255,16 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
     # Flips and crops change a regression target that depends on the geometry (an angle, a position, a size)
     # without changing the label: on digits rotated by a known angle, full fine-tuning with them reached
     # R^2 0.58 where ridge regression on the pixels reached 0.97 (bench/auto_suite.py).
-    augment = False if s.task == "regression" and s.modality == "image" else None
-    if augment is False:
+    # Images train on the plain pictures in auto's short runs: in 5-epoch runs on the suite's data they scored
+    # above flips and crops on 6 of 9 cells (+0.9 to +4.3 points; flips are wrong for digits) and below on 3
+    # (-0.5 to -1.2), and partial ran in half the time, its frozen prefix cached once
+    # (bench/results/augmentation_probe.md).
+    augment = False if s.modality == "image" else None
+    if augment is False and s.task == "regression":
         reasons.append("image regression: no flips or crops, which would change the target without its label")
+    elif augment is False:
+        reasons.append("no flips or crops: in runs of a few epochs they cost more than they add "
+                       "(better on 6 of 9 measured cells without them), and partial's frozen layers are cached")
     if probe is not None:
         reasons.append(f"signals: {s.n_train} training samples, {s.num_classes} classes, "
                        f"{s.params_m:.1f}M parameters, linear-probe proxy {probe:.3f}")
@@ -370,7 +377,8 @@ def race(model, data, decision: Decision, budget_s: float, epochs: int, *, fit: 
             # Each contender may overrun its estimate by half at most: the race must leave the winner its time.
             limit = {"time_limit": 1.5 * small_est[name]} if small_est else {}
             run = fit(copy.deepcopy(model), small, name, out=f"{tmp}/{name}", progress=False, report=False,
-                      cache_dir=cache_dir, seed=seed, **{**train, **options, **judge, **limit, "epochs": epochs})
+                      cache_dir=cache_dir, seed=seed, augment=decision.augment is not False,  # as the run trains
+                      **{**train, **options, **judge, **limit, "epochs": epochs})
             results.append({"strategy": name, "options": options, "train": train, "metric": score,
                             "val_score": run.best_metrics.get(score, float("nan")), "seconds": round(run.seconds, 1)})
     decision.race = results
