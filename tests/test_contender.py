@@ -125,3 +125,14 @@ def test_auto_on_a_custom_module_has_no_contender(tiny_data, tmp_path):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     hs.fit(hs.create_model(net, 3), tiny_data, "auto", epochs=1, batch_size=8, progress=False, out=tmp_path / "r")
     assert json.loads((tmp_path / "r" / "auto.json").read_text())["contender"] is None
+
+
+def test_the_contender_must_lead_by_twice_the_standard_error():
+    from headstart.plan.contender import contender_wins
+
+    # 20-per-class Fashion-MNIST, 50 val images: the pixels led 0.86 to 0.76 and scored 3 points lower on test
+    assert not contender_wins(0.76, 0.86, "val/accuracy", 50)[0]
+    assert contender_wins(0.6875, 0.85, "val/accuracy", 80)[0]  # blurred clothing: shipped, 8 points up on test
+    wins, margin = contender_wins(0.8, 0.9, "val/accuracy", 400)
+    assert wins and margin == pytest.approx(2 * (0.85 * 0.15 / 400) ** 0.5)
+    assert contender_wins(0.021, 0.011, "val/mse", 145)[0] and not contender_wins(0.021, 0.02, "val/mse", 145)[0]

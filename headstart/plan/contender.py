@@ -6,7 +6,7 @@ pixels predicted the rotation angle of digits better than any fine-tuning (bench
 measured before training predicted which side wins (a pixel linear probe against the pretrained one was 8
 points ahead on a task where fine-tuning won), so the check comes after training: a well-tuned linear model
 on the image pooled to a grid (`pixels:16` or `pixels:32`) is fitted on the training split, and where it
-beats the trained model on val by more than the score's standard error, auto ships it and says why.
+beats the trained model on val by more than twice the score's standard error, auto ships it and says why.
 
 The linear model is fitted, not trained by SGD: logistic regression (L-BFGS) or ridge regression (closed
 form) on centred features scaled by one common factor, its L2 strength chosen on val from a short grid. The
@@ -176,14 +176,18 @@ def raw_input_contender(model: TransferModel, data, train, *, batch_size: int = 
 
 
 def contender_wins(mine: float, theirs: float, monitor: str, n_val: int) -> tuple[bool, float]:
-    """(switch?, margin): the contender must beat the trained model's val score by more than its standard
-    error, as auto's race asks: a proportion's for a classification metric; for val/mse a tenth of the
-    trained model's (the suite's rotation task: ridge 0.010 against fine-tuning's 0.016 on test)."""
+    """(switch?, margin): the contender must beat the trained model's val score by more than twice the
+    score's standard error (a proportion's, for a classification metric). Twice, not once as auto's race
+    asks: the contender's own val score is the best of 8 fits (grid sides x L2) chosen on that same val
+    split, so it starts optimistic. With one standard error, pixels that led 0.86 to 0.76 on 50 val images
+    of 20-per-class Fashion-MNIST were shipped, and scored 0.742 on test against the trained model's 0.775.
+    For val/mse: a tenth below the trained model's (the suite's rotation task: ridge 0.011 against fine-tuning's
+    0.021 on val)."""
     if monitor in ("val/mse", "val/mae"):
         margin = 0.1 * mine
         return theirs < mine - margin, margin
     p = min(max((mine + theirs) / 2, 0.05), 0.95)
-    margin = proportion_se(p, n_val)
+    margin = 2 * proportion_se(p, n_val)
     return theirs > mine + margin, margin
 
 
