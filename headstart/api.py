@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_text
 from .bundle import load_model
 from .config import RunConfig, load_config, loss_settings, strategy_config, train_settings, validate_config
 from .data import DataSplits
@@ -23,7 +24,6 @@ from .data.tasks import combine_tasks, derive_tasks, table_tasks, tasks_of
 from .errors import ConfigError, HeadstartError
 from .model import TransferModel, create_model
 from .objectives import Objective, domain_term, multitask_objective, task_objective
-from .atomic import atomic_write_text
 from .plan.auto import DECISION_FILE, choose, parse_budget
 from .plan.contender import applies as contender_applies
 from .plan.contender import explain as explain_contender
