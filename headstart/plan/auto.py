@@ -16,8 +16,9 @@ Why these rules (evidence: the strategy grid and the auto suite in bench/results
 - very few samples per class (< 10 for images, < 5 for text): fine-tuning everything overfits, yet the grid
   put partial fine-tuning of the last group above a linear probe at 1 and 5 per class (Fashion-MNIST 0.457 vs
   0.419, BBC 0.829 vs 0.802), so partial; a linear probe when even that does not fit;
-- features that already separate the task (linear-probe proxy >= 0.97): a linear probe is as good and
-  10-25x cheaper on a CPU;
+- no rule picks a linear probe for features that already separate the task: one such (a linear-probe proxy
+  >= 0.97) chose a probe on 1,000 handwritten digits that scored 0.927 against 0.976-0.981 for full
+  fine-tuning (bench/results/time_to_accuracy.md, 2026-12-01 17:47); the proxy informs, the budget decides;
 - text encoders (no BatchNorm) with 5 or more samples per class: full fine-tuning at the BERT rates (Devlin
   et al. 2019) when 2 epochs fit: the grid's BBC cells put it above LP-FT at 5 and 50 per class (0.840 vs
   0.732, 0.921 vs 0.905). When only one fits, partial fine-tuning of the last group for as many epochs as fit:
@@ -26,8 +27,8 @@ Why these rules (evidence: the strategy grid and the auto suite in bench/results
 - images with FULL_PER_CLASS (120) or more samples per class: full fine-tuning, which re-fits BatchNorm and
   the early layers. The threshold sits between the grid's two points, so it is fitted in sample: digits at
   130 per class (full 0.958, LP-FT 0.925-0.947) and Fashion-MNIST at 100 (full 0.837, LP-FT 0.843-0.847);
-- images with 10 to 120 per class: partial fine-tuning of the last group, raced against LoRA where the
-  budget allows. Partial was within 0.3 points of LP-FT or above it on 5 of the 6 such cells measured
+- images with 10 to 120 per class: partial fine-tuning of the last two groups (partial_options), raced against
+  LoRA where the budget allows. Partial was within 0.3 points of LP-FT or above it on 5 of the 6 such cells measured
   (strategy grid, auto_vs_grid, auto suite) at a third to half of its time; LoRA was best on the two tasks
   furthest from ImageNet (handwritten digits, blurred low-contrast clothing) and 2-5 points below partial on
   the two closest, so the race, not a rule, decides between them;
@@ -126,6 +127,7 @@ class Signals:
     eval_s: float | None = None
     step_s: dict[str, float] | None = None
     batch_size: int | None = None  # the batch the steps were timed at
+    cached_steps: tuple[str, ...] = ()  # kinds that train on cached activations of their frozen layers
     task: str = "classification"  # or "regression", "multilabel" (from the targets)
 
 
@@ -169,7 +171,11 @@ def estimates(s: Signals, epochs: int) -> dict[str, float]:
     def train(kind: str, e: int) -> float:
         step = s.step_s.get(kind, s.step_s["full"])
         # + the first steps, which build the backward kernels: throughput.py times steps after a warm-up one
-        return e * (s.n_train * step + val) + WARMUP_STEPS * (s.batch_size or 32) * step
+        warmup = WARMUP_STEPS * (s.batch_size or 32) * step
+        if kind in s.cached_steps:  # one pass through the frozen layers, then epochs on their cached outputs
+            # (validation too: a forward through the trainable stages, about a third of a step)
+            return (s.n_train + s.n_val) * s.extract_s + e * (s.n_train * step + s.n_val * step / 3) + warmup
+        return e * (s.n_train * step + val) + warmup
 
     return {"linear-probe": features + epochs * head_epoch + finish,
             "partial": train("partial", epochs) + finish,
@@ -183,6 +189,11 @@ def affordable(s: Signals, name: str, budget_s: float | None, epochs: int) -> in
     if budget_s is None:
         return epochs
     return max([e for e in range(1, epochs + 1) if estimates(s, e)[name] <= budget_s], default=0)
+
+
+def plain_inputs(modality: str) -> bool | None:
+    """False where auto trains without augmentation (images; see decide()), None where it keeps the run's."""
+    return False if modality == "image" else None
 
 
 def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Decision:
@@ -210,16 +221,13 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
     # 0.829, linear probe 0.802); images need 10 (Fashion-MNIST at 1 per class: full 0.336, partial 0.457).
     few_shot = s.per_class < (5 if s.modality == "text" else 10)
     if few_shot and affordable_epochs("partial") >= 2:
-        choice, options = "partial", dict(RACE_OPTIONS["partial"])
+        choice, options = "partial", partial_options(s.modality, few_shot=True)
         train["epochs"] = affordable_epochs("partial")
         reasons.append(f"{s.per_class:.0f} samples per class: too few to fine-tune everything; the last group "
                        "adapts (the grid: above a linear probe at 1 and 5 per class)")
     elif few_shot:
         choice = "linear-probe"
         reasons.append(f"{s.per_class:.0f} samples per class and no time for more: a linear probe")
-    elif probe is not None and probe >= 0.97:
-        choice = "linear-probe"
-        reasons.append(f"frozen features already separate the task (linear-probe proxy {probe:.3f} >= 0.97)")
     elif s.modality == "text" and s.params_m > 80 and affordable_epochs("lora") >= 2:
         choice, options = "lora", {"lora_r": 8}
         train["epochs"] = affordable_epochs("lora")
@@ -238,11 +246,11 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
         reasons.append(f"{s.per_class:.0f} samples per class{shift}: full fine-tuning re-fits BatchNorm and the "
                        f"early layers that LP-FT keeps, {train['epochs']} epochs fit the budget")
     elif affordable_epochs("partial") >= 2:
-        choice, options = "partial", dict(RACE_OPTIONS["partial"])
+        choice, options = "partial", partial_options(s.modality)
         train["epochs"] = affordable_epochs("partial")
         if s.modality == "image" and s.per_class < FULL_PER_CLASS:
-            reasons.append(f"{s.per_class:.0f} samples per class: partial fine-tuning of the last group (at or near "
-                           "the top of every image cell from 10 to 100 per class), "
+            reasons.append(f"{s.per_class:.0f} samples per class: partial fine-tuning of the last two groups (partial "
+                           "was at or near the top of every image cell from 10 to 100 per class), "
                            f"{train['epochs']} epochs fit the budget")
         else:
             reasons.append("full fine-tuning does not fit the budget: the last group trains")
@@ -259,15 +267,15 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
     # above flips and crops on 6 of 9 cells (+0.9 to +4.3 points; flips are wrong for digits) and below on 3
     # (-0.5 to -1.2), and partial ran in half the time, its frozen prefix cached once
     # (bench/results/augmentation_probe.md).
-    augment = False if s.modality == "image" else None
+    augment = plain_inputs(s.modality)
     if augment is False and s.task == "regression":
         reasons.append("image regression: no flips or crops, which would change the target without its label")
     elif augment is False:
         reasons.append("no flips or crops: in runs of a few epochs they cost more than they add "
                        "(better on 6 of 9 measured cells without them), and partial's frozen layers are cached")
-    if probe is not None:
-        reasons.append(f"signals: {s.n_train} training samples, {s.num_classes} classes, "
-                       f"{s.params_m:.1f}M parameters, linear-probe proxy {probe:.3f}")
+    proxy = f", linear-probe proxy {probe:.3f}" if probe is not None else ""
+    reasons.append(f"signals: {s.n_train} training samples, {s.num_classes} classes, "
+                   f"{s.params_m:.1f}M parameters{proxy}")
     return Decision(choice, options, train, reasons, {k: round(v, 1) for k, v in est.items()}, asdict(s),
                     augment=augment)
 
@@ -276,8 +284,9 @@ def measure(model, data, *, seed: int = 0, cache_dir=None, max_probe: int = 4000
             timing: TrainSettings | None = None, left_s: float | None = None) -> Signals:
     """Signals of a model and data set; the frozen features go through the feature cache (one pass).
 
-    With `timing` (the run's settings; given with a budget) the throughput is measured too, and the shift
-    signal is skipped when its extraction would take more than a quarter of the `left_s` seconds left.
+    With `timing` (the run's settings; given with a budget) the throughput is measured too. Under a budget
+    (`left_s`, the seconds left) the shift signal is skipped: no rule reads it any more (decide()), and its
+    extraction pass took 1.5-3.4 s of the auto suite's 30-60 s budgets.
     """
     train = data.train
     targets = train.targets
@@ -287,13 +296,16 @@ def measure(model, data, *, seed: int = 0, cache_dir=None, max_probe: int = 4000
                 sum(p.numel() for p in model.backbone.parameters()) / 1e6, model.spec.modality,
                 n_test=len(data.test) if data.test is not None else 0, task=model.task)
     if timing is not None:
-        kinds = ("full", "partial") + (("lora",) if s.modality == "text" and s.params_m > 80 else ())
-        speed = measure_throughput(model, train, timing, kinds)
+        kinds = {"full": ("full", {}), "partial": ("partial", partial_options(s.modality))}
+        if s.modality == "text" and s.params_m > 80:
+            kinds["lora"] = ("lora", {"lora_r": 8})
+        speed = measure_throughput(model, train, timing, kinds, augment=plain_inputs(s.modality) is not False)
         s.extract_s, s.eval_s, s.step_s, s.batch_size = speed.extract_s, speed.eval_s, speed.step_s, timing.batch_size
+        s.cached_steps = speed.cached
     if counts is None or len(train) > max_probe:
         return s  # regression / multi-label, or too large to probe cheaply: decide without the shift signal
-    if left_s is not None and s.extract_s is not None and len(train) * s.extract_s > left_s / 4:
-        return s  # the budget cannot spare an extraction pass for the signal
+    if left_s is not None:
+        return s
     placement = inference_placement(model)
     feats, _ = cached_features(model.backbone, model.spec, make_batcher(train, model.spec, train=False),
                                train.fingerprint(), cache_dir=cache_dir, bf16=placement.bf16,
@@ -308,15 +320,25 @@ RACE_ORDER = ("lp-ft", "full", "partial", "linear-probe")  # the runner-up is th
 RUNNER_UP = {("image", "partial"): "lora"}
 # LP-FT: the probe phase runs on cached features (nearly free), then everything trains at a tenth of the rates
 # (lp-ft keeps BatchNorm statistics frozen by default; see its docstring for the measurement).
-# Partial: the last layer group, the configuration the grid measured (bench/strategy_grid.py runs partial's default).
-RACE_OPTIONS = {"lp-ft": {"lp_epochs": 1, "ft_lr_scale": 0.1}, "partial": {"trainable": "last:1"}}
+LP_FT_OPTIONS = {"lp_epochs": 1, "ft_lr_scale": 0.1}
+RACE_SLACK_S = 3.0  # the least a race contender may overrun its estimate by (see race())
+
+
+def partial_options(modality: str, few_shot: bool = False) -> dict[str, Any]:
+    """What auto's partial fine-tuning trains: the last two layer groups of an image backbone, the last one of a
+    text encoder or of a few-shot image task. Images train on plain pictures, so the frozen prefix is cached and
+    a second group costs little; across 5 runs of 5 epochs on the suite's image tasks the second group gained
+    1.8 to 4.0 points on 3 (handwritten digits, blurred clothing, Fashion-MNIST at 128 px) and lost 0.6 and 0.8
+    on 2, within the val noise (bench/results/partial_depth.md). Text encoders and few-shot tasks keep the
+    configuration the grid measured."""
+    return {"trainable": "last:2" if modality == "image" and not few_shot else "last:1"}
 
 
 def lp_ft_options(modality: str) -> dict[str, Any]:
     """LP-FT's options: a tenth of the rates for CNNs (whose BatchNorm the probe's head depends on); text
     encoders have no BatchNorm and already fine-tune at a small rate (5e-5), so they keep it (the grid's BBC
     cell at a tenth: 0.905, below full fine-tuning's 0.921)."""
-    return {**RACE_OPTIONS["lp-ft"], "ft_lr_scale": 1.0} if modality == "text" else dict(RACE_OPTIONS["lp-ft"])
+    return {**LP_FT_OPTIONS, "ft_lr_scale": 1.0} if modality == "text" else dict(LP_FT_OPTIONS)
 
 
 def race(model, data, decision: Decision, budget_s: float, epochs: int, *, fit: Callable[..., Any], seed: int = 0,
@@ -369,13 +391,16 @@ def race(model, data, decision: Decision, budget_s: float, epochs: int, *, fit: 
         for name in contenders:
             torch.manual_seed(seed)
             options = decision.options if name == decision.strategy else (
-                lp_ft_options(model.spec.modality) if name == "lp-ft" else RACE_OPTIONS.get(name, {}))
+                lp_ft_options(model.spec.modality) if name == "lp-ft" else
+                partial_options(model.spec.modality) if name == "partial" else {})
             # Rates for the race's own length: a third of the data takes a third of the steps.
             steps = run_steps(len(small.train), decision.signals.get("batch_size"), epochs)
             train = {**(decision.train if name == decision.strategy else {}),
                      **learning_rates(name, model.spec.modality, steps)}
             # Each contender may overrun its estimate by half at most: the race must leave the winner its time.
-            limit = {"time_limit": 1.5 * small_est[name]} if small_est else {}
+            # A few seconds at least: a race run of a second is mostly fixed costs its estimate leaves out (the
+            # first LoRA run imports PEFT, about 2 s), and a cut on those would judge a run that never trained.
+            limit = {"time_limit": max(1.5 * small_est[name], small_est[name] + RACE_SLACK_S)} if small_est else {}
             run = fit(copy.deepcopy(model), small, name, out=f"{tmp}/{name}", progress=False, report=False,
                       cache_dir=cache_dir, seed=seed, augment=decision.augment is not False,  # as the run trains
                       **{**train, **options, **judge, **limit, "epochs": epochs})

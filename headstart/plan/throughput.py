@@ -7,6 +7,11 @@ extraction and evaluation run it, and training steps of each kind of strategy at
 input size, through the run's own batcher (decoding and augmentation included) and precision policy. A
 warm-up step comes first (oneDNN builds its kernels on the first call); timing runs on a copy of the model,
 under a forked random state, so the run itself is untouched.
+
+A run without augmentation trains partial fine-tuning of a chain backbone on cached activations of its frozen
+layers (run/inputs.py): one pass through them, then steps through the trainable stages alone. Its step is
+timed that way too; timing it through the whole model put partial at 2-3x its real cost, and `auto` chose a
+linear probe on Fashion-MNIST where 5 epochs of partial fitted (bench/results/time_to_accuracy.md).
 """
 from __future__ import annotations
 
@@ -16,17 +21,20 @@ from dataclasses import dataclass
 
 import torch
 
+from ..backbones.stages import frozen_prefix_length, sequential_stages
 from ..data import make_batcher
 from ..fold import inference_module
 from ..run.optim import build_optimizer
 from ..run.settings import TrainSettings
+from ..run.inputs import SuffixModel, prefix_activations
 from ..run.trainer import Compute
 from ..runtime import autocast, depthwise_in_fp32, inference_placement, to_device
 from ..strategies import get_strategy
 
-# The trainable set of each kind of step auto chooses among: partial trains the last group (RACE_OPTIONS in
-# auto.py); LoRA's step on a CPU is as dear as a full one apart from the optimizer's share.
-KINDS = {"full": ("full", {}), "partial": ("partial", {"trainable": "last:1"}), "lora": ("lora", {"lora_r": 8})}
+# The kinds of step timed when the caller names none: (strategy, options) each. auto names its own (its partial
+# trains the last two groups of an image backbone); LoRA's step on a CPU is as dear as a full one apart from
+# the optimizer's share.
+KINDS = {"full": ("full", {}), "partial": ("partial", {"trainable": "last:1"})}
 
 
 @dataclass
@@ -37,6 +45,7 @@ class Throughput:
     eval_s: float
     step_s: dict[str, float]
     measured_s: float  # what measuring cost
+    cached: tuple[str, ...] = ()  # kinds whose steps were timed on cached activations of the frozen layers
 
 
 def sample_batch(n: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -96,10 +105,28 @@ def time_forward(model, train, batch_size: int, folded: bool) -> float:
         model.train(was_training)
 
 
-def time_steps(model, train, settings: TrainSettings, kind: str, steps: int = 3) -> float:
+def cached_suffix(trial, train, batch_size: int, compute: Compute):
+    """(suffix model, a batch of cached prefix activations) when the run would train `trial` on cached
+    activations of its frozen leading stages (as run/inputs.py's PrefixCache does), else None."""
+    example = make_batcher(train.subset(torch.arange(min(2, len(train)))), trial.spec, train=False)
+    stages = sequential_stages(trial.backbone, example.inputs(torch.arange(len(example.data))))
+    if stages is None:
+        return None
+    trial.train()  # the BN policy decides which stages act the same in train mode
+    k = frozen_prefix_length(stages)
+    if k == 0:
+        return None
+    idx = sample_batch(len(train), batch_size, seed=0)
+    acts = prefix_activations(stages[:k], make_batcher(train.subset(idx), trial.spec, train=False),
+                              bf16=compute.bf16_train, channels_last=compute.channels_last, batch_size=batch_size)
+    return SuffixModel(trial, stages[k:]), acts
+
+
+def time_steps(model, train, settings: TrainSettings, name: str, options: dict, steps: int = 3,
+               augment: bool = True) -> tuple[float, bool]:
     """Seconds per sample of a training step (batch assembly, forward, backward, the run's optimizer) of a copy
-    of `model` with the trainable set of `kind` (KINDS)."""
-    name, options = KINDS[kind]
+    of `model` with the trainable set of strategy `name` with `options`, and whether the step ran on cached
+    activations of the frozen layers (without augmentation, where the run caches them)."""
     trial = copy.deepcopy(model)
     get_strategy(name, **options).apply(trial, epoch=0)
     device = torch.device("cpu")
@@ -108,33 +135,40 @@ def time_steps(model, train, settings: TrainSettings, kind: str, steps: int = 3)
     # The run's own optimizer (fused AdamW by default): the per-tensor AdamW this used to time cost MiniLM 80 ms
     # a step more, and the estimates put full fine-tuning of tweets at 1.5x its real time.
     optimizer = build_optimizer([{"params": params}], settings.optimizer, lr=1e-12)  # a negligible change
-    batcher = make_batcher(train, trial.spec, train=True)
-    rng = torch.Generator().manual_seed(0)
     batch_size = min(settings.batch_size, len(train))
+    suffix = None if augment or settings.cache == "off" else cached_suffix(trial, train, batch_size, compute)
+    batcher = make_batcher(train, trial.spec, train=True, augment=augment)
+    rng = torch.Generator().manual_seed(0)
     trial.train()
 
     def step(i: int) -> float:
         idx = sample_batch(len(train), batch_size, seed=i)
         t = time.perf_counter()
-        batch = batcher.batch(idx, rng).to(device, compute.channels_last)
+        if suffix is None:
+            run, inputs = trial, batcher.batch(idx, rng).to(device, compute.channels_last).inputs
+        else:  # the activations are the same tensor each step: the cost does not depend on their values
+            run, inputs = suffix[0], suffix[1]
         with depthwise_in_fp32(trial, enabled=compute.pinned), autocast(device, compute.bf16_train):
-            out = trial(batch.inputs)
+            out = run(inputs)
         out.float().logsumexp(-1).mean().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return (time.perf_counter() - t) / len(idx)
 
     step(MOST_REPEATS)  # the warm-up step builds the backward kernels
-    return mean_seconds(step, least=steps)
+    return mean_seconds(step, least=steps), suffix is not None
 
 
-def measure_throughput(model, train, settings: TrainSettings, kinds: tuple[str, ...] = ("full", "partial")
-                       ) -> Throughput:
-    """Time a forward pass and each kind of training step on `train` samples (a warm-up and at least three
-    timed steps of each kind, a small warm-up forward batch and at least one timed one)."""
+def measure_throughput(model, train, settings: TrainSettings, kinds: dict[str, tuple[str, dict]] | None = None,
+                       augment: bool = True) -> Throughput:
+    """Time a forward pass and each kind of training step (`kinds`: name -> (strategy, options); KINDS by
+    default) on `train` samples (a warm-up and at least three timed steps of each kind, a small warm-up forward
+    batch and at least one timed one), the steps with or without the run's augmentation (`augment`)."""
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         extract = time_forward(model, train, settings.eval_batch_size, folded=True)
         evaluate = time_forward(model, train, settings.eval_batch_size, folded=False)
-        steps = {kind: time_steps(model, train, settings, kind) for kind in kinds}
-    return Throughput(extract, evaluate, steps, time.perf_counter() - start)
+        timed = {kind: time_steps(model, train, settings, *how, augment=augment)
+                 for kind, how in (kinds or KINDS).items()}
+    return Throughput(extract, evaluate, {k: t[0] for k, t in timed.items()}, time.perf_counter() - start,
+                      cached=tuple(k for k, t in timed.items() if t[1]))
