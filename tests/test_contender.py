@@ -91,6 +91,28 @@ def test_a_contender_that_wins_on_val_is_shipped_with_its_test_metrics(tiny_data
     assert json.loads((kept / "test_metrics.json").read_text()) == trained_test
 
 
+def test_grey_pictures_are_fitted_on_one_channel_with_the_weights_shared_by_all(monkeypatch):
+    from conftest import separable_images
+
+    import headstart.plan.contender as module
+    from headstart.plan.contender import grey_copies
+
+    widths = []
+    fit = module.fit_linear
+    monkeypatch.setattr(module, "fit_linear", lambda x, *a, **k: widths.append(x.shape[1]) or fit(x, *a, **k))
+    x, y = separable_images(30)
+    grey = np.repeat(x[..., :1], 3, axis=-1)  # RGB pictures of grey: every channel the same
+    data = from_arrays(grey, y, classes=["a", "b", "c"], val_fraction=0.25, seed=0, name="grey")
+    contender = raw_input_contender(hs.create_model("toy:cnn", 3), data, TRAIN)
+    assert widths == [side * side for side in module.PIXEL_GRIDS]  # one channel's pixels, not three
+    weight = contender.model.head[-1].weight.detach()
+    per_channel = weight.reshape(3, 3, -1)  # (classes, channels, pixels)
+    assert torch.equal(per_channel[:, 0], per_channel[:, 1]) and torch.equal(per_channel[:, 1], per_channel[:, 2])
+    assert contender.val_metrics["val/accuracy"] > 0.9
+    assert grey_copies(torch.ones(2, 12), 3) and not grey_copies(torch.arange(24.0).reshape(2, 12), 3)
+    assert not grey_copies(torch.ones(2, 4), 1)  # a single channel has no copies
+
+
 def test_a_contender_that_does_not_win_changes_nothing(tiny_data, tmp_path):
     model = hs.create_model("toy:cnn", 3)
     run = hs.fit(model, tiny_data, "linear-probe", epochs=1, batch_size=8, progress=False, out=tmp_path / "r")
