@@ -242,7 +242,10 @@ def read_run(run: Path) -> dict:
            else {}}
     if (run / "auto.json").exists():
         d = json.loads((run / "auto.json").read_text())
-        out["auto"] = {k: d.get(k) for k in ("strategy", "options", "train", "reasons", "contender")}
+        out["auto"] = {k: d.get(k) for k in ("strategy", "options", "train", "reasons", "contender", "race",
+                                             "estimates_s")}
+        # The measured speeds the estimates came from (seconds per sample), to tell a slow minute from a bad rule.
+        out["auto"]["speed"] = {k: (d.get("signals") or {}).get(k) for k in ("extract_s", "eval_s", "step_s")}
     cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
     planned = (cfg.get("train") or {}).get("epochs")
     logged = set()

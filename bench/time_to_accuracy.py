@@ -291,7 +291,8 @@ def run_headstart(folder: Path, size: int, strategy: str, budget_s: float | None
         if decision.is_file():
             d = json.loads(decision.read_text())
             row["auto"] = {"strategy": d["strategy"], "options": d["options"], "train": d["train"],
-                           "reasons": d["reasons"], "estimates_s": d["estimates_s"]}
+                           "reasons": d["reasons"], "estimates_s": d["estimates_s"],
+                           "contender": d.get("contender")}
     return row
 
 
@@ -364,6 +365,8 @@ def task_markdown(task: str, r: dict) -> list[str]:
         if "auto" in row:
             a = row["auto"]
             note = f"chose {a['strategy']} {a['options'] or ''} {a['train']}".replace("|", "/")
+            if (a.get("contender") or {}).get("shipped"):
+                note += f"; shipped its raw-input contender ({a['contender']['model']})"
         elif name in PEERS:
             note = f"val accuracy by epoch {', '.join(f'{v:.3f}' for v in row['val_accuracy'])}; peak RSS " \
                    f"{row['peak_rss_mb']:.0f} MB"

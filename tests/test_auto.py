@@ -203,6 +203,14 @@ def test_no_race_when_a_third_of_the_data_falls_under_another_rule(tiny_data):
     assert d.race is None and d.strategy == "full" and any("different regime" in r for r in d.reasons)
 
 
+def test_no_race_where_a_third_of_the_data_would_train_fewer_groups(tiny_data):
+    # 20 per class: partial of the last two groups; a third (7 per class) is few-shot, where partial trains one.
+    d = decide(signals(per_class=20, n_train=200), None)
+    assert (d.strategy, d.options) == ("partial", {"trainable": "last:2"})
+    race(hs.create_model("toy:cnn", 3), tiny_data, d, budget_s=1e9, epochs=5, fit=hs.fit)
+    assert d.race is None and any("different regime" in r and "last:1" in r for r in d.reasons)
+
+
 def test_the_race_is_judged_by_the_runs_own_metric(tmp_path):
     from conftest import separable_images
 

@@ -367,8 +367,10 @@ def race(model, data, decision: Decision, budget_s: float, epochs: int, *, fit: 
     # 0.821, on all of it full won 0.958 to 0.925. The race runs only where the rules agree for both sizes.
     third = Signals(**{**decision.signals, "n_train": max(1, decision.signals["n_train"] // 3),
                        "per_class": decision.signals["per_class"] / 3, "n_test": 0})
-    regime = decide(third, None, epochs).strategy
-    if regime != decide(Signals(**decision.signals), None, epochs).strategy:
+    # The options count: at 20 images per class a third is few-shot, where partial trains one group, not two.
+    small_rule, whole_rule = decide(third, None, epochs), decide(Signals(**decision.signals), None, epochs)
+    if (small_rule.strategy, small_rule.options) != (whole_rule.strategy, whole_rule.options):
+        regime = f"{small_rule.strategy} {small_rule.options}" if small_rule.options else small_rule.strategy
         decision.reasons.append(f"no race: a third of the data ({third.per_class:.0f} per class) is a different "
                                 f"regime, where the rules choose {regime}")
         return
