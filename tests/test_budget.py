@@ -124,6 +124,21 @@ def test_partial_is_timed_on_cached_frozen_layers_where_the_run_caches_them():
     assert measure_throughput(model, data.train, off, kinds, augment=False).cached == ()
 
 
+def test_evaluation_is_timed_apart_only_where_the_extraction_copy_folds_something(monkeypatch):
+    import headstart.plan.throughput as throughput
+
+    calls = []
+    timed = throughput.time_forward
+    monkeypatch.setattr(throughput, "time_forward", lambda *a, **k: calls.append(k["folded"]) or timed(*a, **k))
+    data = many_images(per_class=8)
+    for source, passes in (("toy:cnn", [True, False]), ("toy:mlp", [True])):  # BatchNorm to fold; none
+        calls.clear()
+        model = hs.create_model(source, 3)
+        prepare_head(model, data)
+        speed = throughput.measure_throughput(model, data.train, TrainSettings(batch_size=8), {})
+        assert calls == passes and (speed.eval_s == speed.extract_s) == (len(passes) == 1)
+
+
 def test_a_stop_between_epochs_is_marked_on_the_last_row(tmp_path, monkeypatch):
     import headstart.run.trainer as trainer
 
