@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backbones.stages import frozen_prefix_length, sequential_stages
+from ..backbones.stages import frozen_prefix_length
 from ..data import make_batcher
 from ..fold import inference_module
+from ..run.inputs import SuffixModel, chain_stages, prefix_activations
 from ..run.optim import build_optimizer
 from ..run.settings import TrainSettings
-from ..run.inputs import SuffixModel, prefix_activations
 from ..run.trainer import Compute
 from ..runtime import autocast, depthwise_in_fp32, inference_placement, to_device
 from ..strategies import get_strategy
@@ -110,8 +110,7 @@ def time_forward(model, train, batch_size: int, folded: bool) -> tuple[float, bo
 def cached_suffix(trial, train, batch_size: int, compute: Compute):
     """(suffix model, a batch of cached prefix activations) when the run would train `trial` on cached
     activations of its frozen leading stages (as run/inputs.py's PrefixCache does), else None."""
-    example = make_batcher(train.subset(torch.arange(min(2, len(train)))), trial.spec, train=False)
-    stages = sequential_stages(trial.backbone, example.inputs(torch.arange(len(example.data))))
+    stages = chain_stages(trial, train)
     if stages is None:
         return None
     trial.train()  # the BN policy decides which stages act the same in train mode

@@ -120,6 +120,13 @@ def prefix_cache_batchers(model, stages: list[nn.Module], k: int, train, val, *,
     return FeatureBatcher(FeatureData(acts[0], train)), FeatureBatcher(FeatureData(acts[1], val))
 
 
+def chain_stages(model, train) -> list[nn.Module] | None:
+    """The backbone's stages in forward order, checked on (up to) two training samples; None when its forward
+    is not such a chain."""
+    example = make_batcher(train.subset(torch.arange(min(2, len(train)))), model.spec, train=False)
+    return sequential_stages(model.backbone, example.inputs(torch.arange(len(example.data))))
+
+
 class PrefixCache:
     """Activations at the frozen boundary of a partially trainable chain backbone, reused across epochs.
 
@@ -137,8 +144,7 @@ class PrefixCache:
     def plan(self, model, train, val, *, bf16: bool, channels_last: bool, batch_size: int, device=None):
         """The epoch's plan on cached activations, or None."""
         if not self.checked:
-            example = make_batcher(train.subset(torch.arange(min(2, len(train)))), model.spec, train=False)
-            self.stages = sequential_stages(model.backbone, example.inputs(torch.arange(len(example.data))))
+            self.stages = chain_stages(model, train)
             self.checked = True
         if self.stages is None:
             return None
