@@ -7,7 +7,8 @@ import pytest
 
 import headstart as hs
 from headstart.errors import ConfigError
-from headstart.plan.auto import Signals, choose, decide, estimates, learning_rates, parse_budget, race
+from headstart.plan.auto import (Signals, choose, decide, estimates, learning_rates, parse_budget, race, refit_epochs,
+                                 run_steps)
 
 
 def signals(**kw) -> Signals:
@@ -69,18 +70,38 @@ def test_budget_moves_the_choice_down_and_too_small_is_an_error():
         decide(s, est["linear-probe"] * 0.5)
 
 
-def test_text_fine_tunes_whole_when_two_epochs_fit_and_the_last_group_otherwise():
-    s = signals(modality="text", params_m=22.6, per_class=50, n_train=500)
-    two = decide(s, estimates(s, 2)["full"] * 1.01)
-    # 32 steps: the head at the probe's rate (at the recipe's 1e-3 a 16-step run predicted one class)
-    assert two.strategy == "full" and two.train["epochs"] == 2
+def test_text_fine_tunes_whole_for_the_steps_that_fit_from_one_and_a_half_epochs_and_the_last_group_below():
+    s = signals(modality="text", params_m=22.6, per_class=50, n_train=500)  # 16 steps an epoch (batch 32)
+    budget = estimates(s, 2)["full"] * 1.01
+    two = decide(s, budget)
+    steps = run_steps(500, None, two.train["epochs"], two.train.get("max_steps"))
+    assert two.strategy == "full" and 32 <= steps < 36
+    # the most steps that fit: one more would not
+    assert estimates(s, steps / 16)["full"] <= budget < estimates(s, (steps + 1) / 16)["full"]
+    # a short run: the head at the probe's rate (at the recipe's 1e-3 a 16-step run predicted one class)
     assert two.train["lr"] == 5e-5 and two.train["head_lr"] == 1e-2
-    one = decide(s, estimates(s, 1)["full"] * 1.01)  # one epoch of everything, or several of the last group
-    assert one.strategy == "partial" and one.train["epochs"] >= 2
+    part = decide(s, estimates(s, 1.5)["full"] * 1.001)  # the last epoch ends after half of its steps
+    assert part.strategy == "full" and part.train["epochs"] == 2 and part.train["max_steps"] == 24
+    assert any("24 steps (1.5 epochs)" in r for r in part.reasons)
+    one = decide(s, estimates(s, 1.4)["full"])  # less than 1.5 epochs of everything: several of the last group
+    assert one.strategy == "partial" and one.train["epochs"] >= 2 and "max_steps" not in one.train
     long = signals(modality="text", params_m=22.6, per_class=500, n_train=5000)
     both = decide(long, estimates(long, 2)["full"] * 1.01)
-    assert both.strategy == "full" and both.train["epochs"] == 2 and both.train["head_lr"] == 1e-3  # 314 steps
+    assert both.strategy == "full" and both.train["epochs"] == 3 and both.train["head_lr"] == 1e-3  # 314+ steps
     assert decide(long, None).train["head_lr"] == 1e-3  # unplanned epochs: the recipe's ~200 steps
+    assert "max_steps" not in decide(long, None).train
+
+
+def test_a_run_planned_in_steps_is_shortened_in_steps_after_the_race_and_images_in_whole_epochs():
+    text = signals(modality="text", params_m=22.6, per_class=50, n_train=500)
+    d = decide(text, estimates(text, 3)["full"] * 1.01)
+    assert d.train["epochs"] == 3
+    refit_epochs(d, estimates(text, 2.5)["full"] * 1.001)
+    assert d.train["epochs"] == 3 and d.train["max_steps"] == 40  # 2.5 epochs of 16 steps
+    image = signals()
+    d = decide(image, estimates(image, 5)["full"] * 1.01)
+    refit_epochs(d, estimates(image, 3.5)["full"] * 1.001)
+    assert d.strategy == "full" and d.train["epochs"] == 3 and "max_steps" not in d.train
 
 
 def test_an_image_head_keeps_the_strategys_rate_in_a_short_run_and_a_probe_runs_faster():

@@ -141,6 +141,27 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tiny_data, tmp_pa
     assert resumed.test_metrics == full.test_metrics
 
 
+def test_max_steps_ends_the_run_inside_an_epoch_with_the_schedule_spent(tiny_data, tmp_path):
+    from headstart.run.checkpoint import load_checkpoint
+
+    steps = math.ceil(len(tiny_data.train) / FAST["batch_size"])
+    args = dict(epochs=3, lr=0.01, scheduler="linear", **FAST)
+    torch.manual_seed(0)
+    capped = hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", out=tmp_path / "a",
+                    max_steps=steps + steps // 2, **args)
+    assert [r["epoch"] for r in capped.history] == [1, 2]
+    assert capped.history[-1]["lr"] == 0.0  # the decay ends with the last step, not after 3 epochs
+    assert load_checkpoint(tmp_path / "a")["scheduler"]["last_epoch"] == steps + steps // 2
+    # A cap at or past the epochs' own length changes nothing, bit for bit.
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]  # noqa: E731
+    torch.manual_seed(0)
+    plain = hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", out=tmp_path / "b", **args)
+    torch.manual_seed(0)
+    loose = hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", out=tmp_path / "c", max_steps=10 * steps,
+                   **args)
+    assert strip(loose.history) == strip(plain.history) and len(plain.history) == 3
+
+
 def test_resume_with_other_settings_is_refused(tiny_data, tmp_path):
     hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", epochs=1, out=tmp_path / "r", **FAST)
     with pytest.raises(ConfigError, match="different settings"):

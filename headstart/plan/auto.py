@@ -20,10 +20,11 @@ Why these rules (evidence: the strategy grid and the auto suite in bench/results
   >= 0.97) chose a probe on 1,000 handwritten digits that scored 0.927 against 0.976-0.981 for full
   fine-tuning (bench/results/time_to_accuracy.md, 2026-12-01 17:47); the proxy informs, the budget decides;
 - text encoders (no BatchNorm) with 5 or more samples per class: full fine-tuning at the BERT rates (Devlin
-  et al. 2019) when 2 epochs fit: the grid's BBC cells put it above LP-FT at 5 and 50 per class (0.840 vs
-  0.732, 0.921 vs 0.905). When only one fits, partial fine-tuning of the last group for as many epochs as fit:
-  in the auto suite one epoch of full fine-tuning scored at or below five of partial on 3 of 4 text tasks
-  (tweets with 8% positives: F1 0.284 against 0.418; BBC 0.932 against 0.923);
+  et al. 2019) for as many steps as fit, from 1.5 epochs' worth (TEXT_FULL_MIN_EPOCHS; the last epoch may end
+  early, train.max_steps): the grid's BBC cells put it above LP-FT at 5 and 50 per class (0.840 vs 0.732, 0.921
+  vs 0.905), and 1.5 epochs of it above 5 of partial on 3 of the suite's 4 text tasks. When less fits,
+  partial fine-tuning of the last group for as many epochs as fit (one epoch of full fine-tuning scored at
+  or below five of partial on all 4);
 - images with FULL_PER_CLASS (120) or more samples per class: full fine-tuning, which re-fits BatchNorm and
   the early layers. The threshold sits between the grid's two points, so it is fitted in sample: digits at
   130 per class (full 0.958, LP-FT 0.925-0.947) and Fashion-MNIST at 100 (full 0.837, LP-FT 0.843-0.847);
@@ -85,6 +86,16 @@ RATES = {"image": {"lr": 1e-3, "head_lr": 1e-3, "adapter_lr": 3e-3, "probe_lr": 
 # 1e-2 reached 0.953; the reference recipe's 224 steps at 1e-3 reach 0.986 (bench/auto_suite.py, text_bbc.py).
 # Images do not need it: 35 steps of partial on 20 per class with the head at 1e-3 scored 0.784, at 1e-2 0.762.
 FEW_STEPS = 100
+# Text fine-tuned whole trains as many steps as fit, from this many epochs' worth (train.max_steps ends the
+# last one early). On the auto suite's four text tasks (2026-12-02, bench/results/text_fraction.md) 1.5 epochs
+# of full fine-tuning scored above 5 epochs of partial on 3 of 4 (+1.2 to +3.7 points) and 1.2 below on one,
+# in less time; 1 epoch scored at or below partial on all 4.
+TEXT_FULL_MIN_EPOCHS = 1.5
+
+
+def in_steps(strategy: str, modality: str) -> bool:
+    """Whether auto plans the run in optimizer steps (which may end inside an epoch), not whole epochs."""
+    return strategy == "full" and modality == "text"
 
 
 def learning_rates(strategy: str, modality: str, steps: int | None = None) -> dict[str, float]:
@@ -99,9 +110,14 @@ def learning_rates(strategy: str, modality: str, steps: int | None = None) -> di
     return {"lr": rates["adapter_lr"] if strategy == "lora" else rates["lr"], "head_lr": head}
 
 
-def run_steps(n_train: int, batch_size: int | None, epochs: int | None) -> int | None:
-    """Optimizer steps of a run of `epochs` over `n_train` samples (None when the epochs are not planned)."""
-    return epochs * math.ceil(n_train / (batch_size or 32)) if epochs else None
+def run_steps(n_train: int, batch_size: int | None, epochs: int | None, max_steps: int | None = None) -> int | None:
+    """Optimizer steps of a run of `epochs` over `n_train` samples, capped by `max_steps` (None when the epochs
+    are not planned)."""
+    return min(epochs * epoch_steps(n_train, batch_size), max_steps or math.inf) if epochs else None
+
+
+def epoch_steps(n_train: int, batch_size: int | None) -> int:
+    return math.ceil(n_train / (batch_size or 32))
 
 
 def parse_budget(budget: str | float | int | None) -> float | None:
@@ -153,8 +169,10 @@ class Decision:
         return "\n".join(lines)
 
 
-def estimates(s: Signals, epochs: int) -> dict[str, float]:
+def estimates(s: Signals, epochs: float) -> dict[str, float]:
     """Seconds each candidate still needs, from the measured throughput (empty when nothing was timed).
+
+    `epochs` may end inside an epoch (a run capped by train.max_steps): each epoch begun pays its validation.
 
     Every candidate pays a validation pass per epoch and the finish: the test pass (whose outputs the report
     reuses) and the fixed costs of the bundle and the report. The linear probe and LP-FT's
@@ -168,18 +186,18 @@ def estimates(s: Signals, epochs: int) -> dict[str, float]:
     features = (0.0 if s.probe_accuracy is not None else s.n_train * s.extract_s) + s.n_val * s.extract_s
     head_epoch = math.ceil(s.n_train / (s.batch_size or 32)) * HEAD_STEP_S  # a step on cached features
 
-    def train(kind: str, e: int) -> float:
+    def train(kind: str, e: float) -> float:
         step = s.step_s.get(kind, s.step_s["full"])
         # + the first steps, which build the backward kernels: throughput.py times steps after a warm-up one
         warmup = WARMUP_STEPS * (s.batch_size or 32) * step
         if kind in s.cached_steps:  # one pass through the frozen layers, then epochs on their cached outputs
             # (validation too: a forward through the trainable stages, about a third of a step)
-            return (s.n_train + s.n_val) * s.extract_s + e * (s.n_train * step + s.n_val * step / 3) + warmup
-        return e * (s.n_train * step + val) + warmup
+            return (s.n_train + s.n_val) * s.extract_s + e * s.n_train * step + math.ceil(e) * s.n_val * step / 3 + warmup
+        return e * s.n_train * step + math.ceil(e) * val + warmup
 
     return {"linear-probe": features + epochs * head_epoch + finish,
             "partial": train("partial", epochs) + finish,
-            "lp-ft": features + head_epoch + train("full", max(epochs - 1, 1)) + finish,
+            "lp-ft": features + head_epoch + train("full", max(math.ceil(epochs) - 1, 1)) + finish,
             "full": train("full", epochs) + finish,
             "lora": train("lora", epochs) + finish}
 
@@ -189,6 +207,25 @@ def affordable(s: Signals, name: str, budget_s: float | None, epochs: int) -> in
     if budget_s is None:
         return epochs
     return max([e for e in range(1, epochs + 1) if estimates(s, e)[name] <= budget_s], default=0)
+
+
+def affordable_steps(s: Signals, name: str, budget_s: float | None, epochs: int) -> int:
+    """The most optimizer steps (up to `epochs` whole epochs) of strategy `name` whose estimate fits `budget_s`
+    seconds; 0 if not one step does."""
+    per_epoch = epoch_steps(s.n_train, s.batch_size)
+    fits = lambda k: budget_s is None or estimates(s, k / per_epoch)[name] <= budget_s  # noqa: E731
+    low, high = 0, epochs * per_epoch  # the estimate grows with the steps: bisect for the last that fits
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    return low
+
+
+def planned_length(s: Signals, steps: int) -> dict[str, int]:
+    """`epochs`, and `max_steps` where `steps` ends inside an epoch, for a run of `steps` optimizer steps."""
+    per_epoch = epoch_steps(s.n_train, s.batch_size)
+    epochs = math.ceil(steps / per_epoch)
+    return {"epochs": epochs} | ({"max_steps": steps} if steps < epochs * per_epoch else {})
 
 
 def plain_inputs(modality: str) -> bool | None:
@@ -220,6 +257,7 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
     # Text encoders fine-tune whole from 5 per class (the grid's BBC cell at 5 per class: full 0.840, partial
     # 0.829, linear probe 0.802); images need 10 (Fashion-MNIST at 1 per class: full 0.336, partial 0.457).
     few_shot = s.per_class < (5 if s.modality == "text" else 10)
+    full_text_steps = affordable_steps(s, "full", budget_s, epochs) if s.modality == "text" else 0
     if few_shot and affordable_epochs("partial") >= 2:
         choice, options = "partial", partial_options(s.modality, few_shot=True)
         train["epochs"] = affordable_epochs("partial")
@@ -232,12 +270,13 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
         choice, options = "lora", {"lora_r": 8}
         train["epochs"] = affordable_epochs("lora")
         reasons.append(f"{s.params_m:.0f}M-parameter encoder: LoRA keeps memory and checkpoints small")
-    elif s.modality == "text" and affordable_epochs("full") >= 2:
+    elif s.modality == "text" and full_text_steps >= TEXT_FULL_MIN_EPOCHS * epoch_steps(s.n_train, s.batch_size):
         choice = "full"
-        train["epochs"] = affordable_epochs("full")
+        train.update(planned_length(s, full_text_steps))
         reasons.append(f"text encoder, {s.per_class:.0f} samples per class: full fine-tuning at the BERT rates "
-                       f"(Devlin et al. 2019; the grid put it above LP-FT on BBC News), {train['epochs']} "
-                       f"epoch{'s' if train['epochs'] > 1 else ''} fit the budget")
+                       f"(Devlin et al. 2019; the grid put it above LP-FT on BBC News), "
+                       f"{full_text_steps} steps ({full_text_steps / epoch_steps(s.n_train, s.batch_size):.1f} "
+                       "epochs) fit the budget")
     elif s.per_class >= FULL_PER_CLASS and affordable_epochs("full") >= 3:
         choice = "full"
         train["epochs"] = affordable_epochs("full")
@@ -259,7 +298,8 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
         reasons.append("only a linear probe fits the budget")
     if choice == "linear-probe" and budget_s is not None:
         train["epochs"] = max(affordable_epochs("linear-probe"), 1)
-    train.update(learning_rates(choice, s.modality, run_steps(s.n_train, s.batch_size, train.get("epochs"))))
+    train.update(learning_rates(choice, s.modality, run_steps(s.n_train, s.batch_size, train.get("epochs"),
+                                                               train.get("max_steps"))))
     # Flips and crops change a regression target that depends on the geometry (an angle, a position, a size)
     # without changing the label: on digits rotated by a known angle, full fine-tuning with them reached
     # R^2 0.58 where ridge regression on the pixels reached 0.97 (bench/auto_suite.py).
@@ -397,7 +437,8 @@ def race(model, data, decision: Decision, budget_s: float, epochs: int, *, fit: 
                 partial_options(model.spec.modality) if name == "partial" else {})
             # Rates for the race's own length: a third of the data takes a third of the steps.
             steps = run_steps(len(small.train), decision.signals.get("batch_size"), epochs)
-            train = {**(decision.train if name == decision.strategy else {}),
+            train = {**({k: v for k, v in decision.train.items() if k != "max_steps"}  # a third's epochs are shorter
+                        if name == decision.strategy else {}),
                      **learning_rates(name, model.spec.modality, steps)}
             # Each contender may overrun its estimate by half at most: the race must leave the winner its time.
             # A few seconds at least: a race run of a second is mostly fixed costs its estimate leaves out (the
@@ -457,28 +498,34 @@ def choose(model, data, budget: str | float | None = None, epochs: int | None = 
         refit_epochs(decision, left())
         s = Signals(**decision.signals)  # the rates for the run's final length (after the race and the refit)
         decision.train.update(learning_rates(decision.strategy, s.modality,
-                                             run_steps(s.n_train, s.batch_size, decision.train.get("epochs"))))
+                                             run_steps(s.n_train, s.batch_size, decision.train.get("epochs"),
+                                                       decision.train.get("max_steps"))))
     if run_dir is not None:
         atomic_write_text(Path(run_dir) / DECISION_FILE, json.dumps(decision.to_dict(), indent=2))
     return decision
 
 
 def refit_epochs(decision: Decision, left_s: float) -> None:
-    """After the race: the chosen strategy's epochs fitted to the seconds now left (never more than decided)."""
+    """After the race: the chosen strategy's length fitted to the seconds now left (never more than decided):
+    whole epochs, or steps for a run planned in steps (text fine-tuned whole, see decide())."""
     s = Signals(**decision.signals)
     planned = decision.train.get("epochs")
     if planned is None or not decision.estimates_s:
         return
-    fits = affordable(s, decision.strategy, left_s, planned)
-    decision.estimates_s = {k: round(v, 1) for k, v in estimates(s, max(fits, 1)).items()}
-    if fits >= planned:
+    per_epoch = epoch_steps(s.n_train, s.batch_size)
+    fits = affordable_steps(s, decision.strategy, left_s, planned)
+    if not in_steps(decision.strategy, s.modality):
+        fits -= fits % per_epoch
+    decision.estimates_s = {k: round(v, 1) for k, v in estimates(s, max(fits / per_epoch, 1)).items()}
+    if fits >= run_steps(s.n_train, s.batch_size, planned, decision.train.get("max_steps")):
         return
-    if fits < (2 if decision.strategy == "lp-ft" else 1):  # LP-FT's first epoch is its probe phase
+    if fits < (2 if decision.strategy == "lp-ft" else 1) * per_epoch:  # LP-FT's first epoch is its probe phase
         decision.reasons.append(f"{left_s:.0f}s left after the race: no epoch of {decision.strategy} fits; "
                                 "a linear probe on cached features instead")
         decision.strategy, decision.options = "linear-probe", {}
-        decision.train = {k: v for k, v in decision.train.items() if k != "epochs"} | learning_rates(
-            "linear-probe", s.modality)
+        decision.train = {k: v for k, v in decision.train.items() if k not in ("epochs", "max_steps")} | (
+            learning_rates("linear-probe", s.modality))
         return
-    decision.train["epochs"] = fits
-    decision.reasons.append(f"{left_s:.0f}s left after the race: {fits} epochs of {decision.strategy} fit")
+    decision.train = {k: v for k, v in decision.train.items() if k != "max_steps"} | planned_length(s, fits)
+    decision.reasons.append(f"{left_s:.0f}s left after the race: {fits / per_epoch:.3g} epochs of "
+                            f"{decision.strategy} fit")

@@ -21,7 +21,8 @@ def train_epoch(model: nn.Module, core: nn.Module, objective: Objective, optimiz
                 batcher: Batcher, *, epoch: int, batch_size: int, grad_accum: int = 1,
                 clip_grad_norm: float | None = None, bf16: bool = False, channels_last: bool = False,
                 seed: int = 0, accelerator=None, progress: Callable | None = None,
-                bad_steps: BadSteps | None = None, deadline: Deadline | None = None) -> dict[str, float]:
+                bad_steps: BadSteps | None = None, deadline: Deadline | None = None,
+                max_batches: int | None = None) -> dict[str, float]:
     """One pass over the batcher's data; returns the mean training loss (and each term's, when the objective
     has several).
 
@@ -39,6 +40,7 @@ def train_epoch(model: nn.Module, core: nn.Module, objective: Objective, optimiz
     With a `deadline`, the epoch ends early when one more step would leave too little time for the passes
     that follow it (`Deadline.room_for_step`; the run's first step always runs, so it has a model to keep).
     Under several processes rank 0's clock decides for all, so every rank takes the same steps.
+    `max_batches` ends the epoch after that many batches (the last epoch of a run capped by train.max_steps).
     """
     bad_steps = bad_steps or BadSteps(0)
     device = accelerator.device if accelerator else torch.device("cpu")
@@ -48,6 +50,7 @@ def train_epoch(model: nn.Module, core: nn.Module, objective: Objective, optimiz
     own_params = objective.parameters()
     augment_rng = torch.Generator().manual_seed(seed * 7919 + epoch)
     batches = batcher.order(batch_size, shuffle=True, seed=seed, epoch=epoch, rank=rank, world_size=world)
+    batches = batches[:max_batches] if max_batches is not None else batches
     model.train()
     total, count = torch.zeros((), dtype=torch.float64), 0
     terms: dict[str, torch.Tensor] = {}

@@ -29,6 +29,9 @@ class TrainSettings:
     """Optimisation, precision, evaluation and caching settings of a run."""
 
     epochs: int | None = setting(None, ge=1)  # None = the default for the modality and data size (schedule_defaults)
+    # Optimizer steps: the run ends after this many, within its last epoch, and the schedule's warm-up and
+    # decay span them (HF Trainer's max_steps). `auto` uses it to fit a part of an epoch into a budget.
+    max_steps: int | None = setting(None, ge=1)
     batch_size: int | None = setting(None, ge=1)  # None = that default too: 32 for images, 16 for text
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float | None = setting(None, gt=0.0)  # None = the strategy's default for the modality (Strategy.default_lrs)
@@ -115,5 +118,6 @@ def with_schedule(settings: TrainSettings, modality: str, n_train: int, strategy
                                     for k in keys})
     origin = "as set" if named else f"{why}; train.{' / train.'.join(keys)} set them"
     warmup = f" after {settings.warmup_epochs:g} warm-up epochs" if settings.warmup_epochs else ""
-    return settings, (f"{settings.epochs} epochs, batch {settings.batch_size}, {settings.scheduler} schedule"
+    cap = f" (at most {settings.max_steps} steps)" if settings.max_steps else ""
+    return settings, (f"{settings.epochs} epochs{cap}, batch {settings.batch_size}, {settings.scheduler} schedule"
                       f"{warmup} ({origin})")

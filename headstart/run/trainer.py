@@ -117,7 +117,9 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
                         f"({rank_batch}): every batch would repeat them. Give more target data or a smaller "
                         "train.batch_size.")
     steps = math.ceil(num_batches(len(data.train), rank_batch, world) / s.grad_accum)
-    scheduler = build_scheduler(optimizer, steps * s.epochs, round(s.warmup_epochs * steps), s.scheduler)
+    total_steps = min(steps * s.epochs, s.max_steps or steps * s.epochs)
+    s = replace(s, epochs=math.ceil(total_steps / steps))  # train.max_steps may end the run epochs early
+    scheduler = build_scheduler(optimizer, total_steps, round(s.warmup_epochs * steps), s.scheduler)
     objective = objective.with_terms(strategy.regularizers(model))  # before any resume: L2-SP's w0 is pretrained
     tasks = tasks_of(data)
     multitask = tasks is not None
@@ -187,7 +189,8 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
                                        clip_grad_norm=s.clip_grad_norm, bf16=compute.bf16_train and not plan.head_only,
                                        channels_last=compute.channels_last, seed=s.seed, accelerator=accelerator,
                                        progress=progress_bar(show, f"epoch {epoch + 1}/{s.epochs}"),
-                                       bad_steps=bad_steps, deadline=deadline))
+                                       bad_steps=bad_steps, deadline=deadline,
+                                       max_batches=(total_steps - epoch * steps) * s.grad_accum))
             row["train_seconds"] = round(time.perf_counter() - t0, 3)
             t_val = time.perf_counter()
             row.update(evaluate_split(plan.eval_model, plan.val, metric_names, "val", objective,
