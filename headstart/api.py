@@ -39,7 +39,7 @@ from .strategies import get_strategy
 
 
 def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: str | Path = "runs/run",
-        resume: bool = False, bn: str = "auto", augment: bool = True, record: RunConfig | None = None,
+        resume: bool = False, bn: str = "auto", augment: bool | None = None, record: RunConfig | None = None,
         weighting: str | dict[str, Any] = "equal", task_weights: dict[str, float] | None = None,
         task_metrics: dict[str, list[str]] | None = None, domain: str | None = None, domain_weight: float = 1.0,
         started: float | None = None, **train: Any) -> RunResult:
@@ -51,6 +51,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         out: the run folder (config.yaml, metrics.jsonl, checkpoints/, best/ bundle, test_metrics.json).
         resume: continue from the run folder's last checkpoint; without it an existing run is never overwritten.
         bn: BatchNorm policy, ``auto`` (the strategy's default), ``frozen`` or ``train``.
+        augment: flips and crops while training; None (default): on, except where ``auto`` trains images on
+            the plain pictures. True or False is kept, by ``auto`` too.
         record: the run config to write as config.yaml (the CLI's); default: what this call amounts to.
         weighting, task_weights, task_metrics: multi-task data only (``hs.data.derive_tasks``,
             ``combine_tasks``, ``table_tasks``): how task losses combine (``equal``, ``fixed``, ``uncertainty``,
@@ -90,7 +92,7 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         decision = choose(model, data, budget, train.get("epochs") or timing.epochs, seed=train.get("seed", 0),
                           cache_dir=train.get("cache_dir"), run_dir=out if resume else None, fit=fit,
                           judge={k: train.get(k) for k in ("metric", "positive_class")}, settings=timing,
-                          started=started)
+                          started=started, augment=augment)
         chosen = validate_config({"strategy": {"name": decision.strategy, "bn": bn, **decision.options}}).strategy
         # The user's settings win, but a key left unset (None, as every unset key of a CLI run's config is)
         # must not erase auto's choice.
@@ -98,6 +100,7 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         augment = augment if decision.augment is None else decision.augment
         if train.get("progress", True):
             print(decision.explain())
+    augment = augment is not False  # unset: flips and crops on
     train_cfg = validate_config({"train": train}).train
     lr_auto = train_cfg.lr == "auto"
     if lr_auto:  # the finder scales the rates the run would otherwise use (auto's, or the strategy's defaults)
@@ -235,7 +238,7 @@ def lr_find_from_config(cfg: RunConfig, out: str | Path, **sweep: Any) -> LRFind
                           "auto, run headstart fit --lr auto and the finder runs on the strategy auto chooses")
     model = model_from_config(cfg)
     data = data_from_config(cfg, model)
-    return lr_find(model, data, cfg.strategy.name, out=out, bn=cfg.strategy.bn, augment=cfg.data.augment,
+    return lr_find(model, data, cfg.strategy.name, out=out, bn=cfg.strategy.bn, augment=cfg.data.augment is not False,
                    **sweep, **cfg.strategy.options(), **cfg.train.model_dump())
 
 

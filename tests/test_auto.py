@@ -276,6 +276,21 @@ def test_images_train_without_flips_and_crops():
     assert decide(signals(task="regression", modality="text", params_m=22.6), None).augment is None
 
 
+def test_an_explicit_data_augment_wins_over_autos_plain_pictures(tiny_data, tmp_path):
+    asked = decide(signals(), None, augment=True)
+    assert asked.augment is True and any("data.augment is true" in r for r in asked.reasons)
+    assert not any("cost more than they add" in r for r in asked.reasons)
+    hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "auto", budget="10m", batch_size=8, progress=False,
+           augment=True, out=tmp_path / "on")
+    saved = json.loads((tmp_path / "on" / "auto.json").read_text())
+    # timed as it trains: with flips and crops nothing is cached, so partial's step is not a cached one
+    assert saved["augment"] is True and saved["signals"]["cached_steps"] == []
+    assert hs.config.load_config(tmp_path / "on" / "config.yaml").data.augment is True
+    hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "auto", budget="10m", batch_size=8, progress=False,
+           out=tmp_path / "unset")  # unset: auto's choice, recorded as the run used it
+    assert hs.config.load_config(tmp_path / "unset" / "config.yaml").data.augment is False
+
+
 def test_the_race_trains_as_the_run_will(tiny_data, monkeypatch):
     seen = []
 

@@ -112,7 +112,9 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     subset: int | None = Field(None, ge=1)  # max training images per class
     test_subset: int | None = Field(None, ge=1)
-    augment: bool = True
+    # Flips and crops while training: unset = on, except where `auto` trains images on the plain pictures;
+    # true or false is kept by every strategy, auto included.
+    augment: bool | None = None
     # Text files (data.path = news.csv): which columns hold the text(s) and the label.
     text_column: str | list[str] = "text"  # several columns are joined with a newline, or form a pair (text_pair)
     text_pair: bool = False  # exactly two text columns: a sentence pair (e.g. question, passage)

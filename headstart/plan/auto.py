@@ -233,8 +233,9 @@ def plain_inputs(modality: str) -> bool | None:
     return False if modality == "image" else None
 
 
-def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Decision:
-    """The heuristic choice (pure: same signals, budget and epochs give the same decision)."""
+def decide(s: Signals, budget_s: float | None, epochs: int | None = None, augment: bool | None = None) -> Decision:
+    """The heuristic choice (pure: same signals, budget and epochs give the same decision). `augment`, the
+    user's explicit data.augment, is kept (None: auto's choice)."""
     reasons: list[str] = []
     epochs = epochs or 5
     est = estimates(s, epochs)
@@ -307,12 +308,15 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
     # above flips and crops on 6 of 9 cells (+0.9 to +4.3 points; flips are wrong for digits) and below on 3
     # (-0.5 to -1.2), and partial ran in half the time, its frozen prefix cached once
     # (bench/results/augmentation_probe.md).
-    augment = plain_inputs(s.modality)
-    if augment is False and s.task == "regression":
+    if augment is not None:  # the user's data.augment wins
+        reasons.append(f"{'flips and crops' if augment else 'no flips or crops'}: data.augment is "
+                       f"{str(augment).lower()}")
+    elif plain_inputs(s.modality) is False and s.task == "regression":
         reasons.append("image regression: no flips or crops, which would change the target without its label")
-    elif augment is False:
+    elif plain_inputs(s.modality) is False:
         reasons.append("no flips or crops: in runs of a few epochs they cost more than they add "
                        "(better on 6 of 9 measured cells without them), and partial's frozen layers are cached")
+    augment = plain_inputs(s.modality) if augment is None else augment
     proxy = f", linear-probe proxy {probe:.3f}" if probe is not None else ""
     reasons.append(f"signals: {s.n_train} training samples, {s.num_classes} classes, "
                    f"{s.params_m:.1f}M parameters{proxy}")
@@ -321,12 +325,14 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None) -> Dec
 
 
 def measure(model, data, *, seed: int = 0, cache_dir=None, max_probe: int = 4000,
-            timing: TrainSettings | None = None, left_s: float | None = None) -> Signals:
+            timing: TrainSettings | None = None, left_s: float | None = None, augment: bool | None = None
+            ) -> Signals:
     """Signals of a model and data set; the frozen features go through the feature cache (one pass).
 
     With `timing` (the run's settings; given with a budget) the throughput is measured too. Under a budget
     (`left_s`, the seconds left) the shift signal is skipped: no rule reads it any more (decide()), and its
-    extraction pass took 1.5-3.4 s of the auto suite's 30-60 s budgets.
+    extraction pass took 1.5-3.4 s of the auto suite's 30-60 s budgets. Steps are timed with augmentation
+    where the run will have it (`augment`, the user's data.augment; None: as auto decides).
     """
     train = data.train
     targets = train.targets
@@ -339,7 +345,8 @@ def measure(model, data, *, seed: int = 0, cache_dir=None, max_probe: int = 4000
         kinds = {"full": ("full", {}), "partial": ("partial", partial_options(s.modality))}
         if s.modality == "text" and s.params_m > 80:
             kinds["lora"] = ("lora", {"lora_r": 8})
-        speed = measure_throughput(model, train, timing, kinds, augment=plain_inputs(s.modality) is not False)
+        augmented = plain_inputs(s.modality) is not False if augment is None else augment
+        speed = measure_throughput(model, train, timing, kinds, augment=augmented)
         s.extract_s, s.eval_s, s.step_s, s.batch_size = speed.extract_s, speed.eval_s, speed.step_s, timing.batch_size
         s.cached_steps = speed.cached
     if counts is None or len(train) > max_probe:
@@ -471,14 +478,14 @@ def race(model, data, decision: Decision, budget_s: float, epochs: int, *, fit: 
 def choose(model, data, budget: str | float | None = None, epochs: int | None = None, *, seed: int = 0,
            cache_dir=None, run_dir: str | Path | None = None, fit: Callable[..., Any] | None = None,
            judge: dict[str, Any] | None = None, settings: TrainSettings | None = None,
-           started: float | None = None) -> Decision:
+           started: float | None = None, augment: bool | None = None) -> Decision:
     """Measure, decide, and (with `run_dir`) write the decision and its reasons to `auto.json` there.
 
     A run folder that already holds a decision reuses it, so a resumed run keeps its choice. With a budget
     (counted from `started`, time.time(); default: now), the throughput is timed at the run's `settings`
     (batch size, precision), and the race trains its contenders with `fit` (`hs.fit`, which passes itself)
     and judges them by `judge` (the run's ``metric`` and ``positive_class``). After the race, the epochs are
-    fitted again to the time then left.
+    fitted again to the time then left. `augment` (the user's data.augment, None when unset) is kept.
     """
     if run_dir is not None and (Path(run_dir) / DECISION_FILE).is_file():
         saved = json.loads((Path(run_dir) / DECISION_FILE).read_text())
@@ -489,8 +496,8 @@ def choose(model, data, budget: str | float | None = None, epochs: int | None = 
     timing = None
     if budget_s is not None:
         timing, _ = with_schedule(settings or TrainSettings(), model.spec.modality, len(data.train), "full")
-    signals = measure(model, data, seed=seed, cache_dir=cache_dir, timing=timing, left_s=left())
-    decision = decide(signals, left(), epochs)
+    signals = measure(model, data, seed=seed, cache_dir=cache_dir, timing=timing, left_s=left(), augment=augment)
+    decision = decide(signals, left(), epochs, augment)
     if budget_s is not None:
         if fit is None:
             raise ValueError("choose() with a budget races candidates: pass fit=hs.fit")
