@@ -238,8 +238,8 @@ def lr_find_from_config(cfg: RunConfig, out: str | Path, **sweep: Any) -> LRFind
                           "auto, run headstart fit --lr auto and the finder runs on the strategy auto chooses")
     model = model_from_config(cfg)
     data = data_from_config(cfg, model)
-    return lr_find(model, data, cfg.strategy.name, out=out, bn=cfg.strategy.bn, augment=cfg.data.augment is not False,
-                   **sweep, **cfg.strategy.options(), **cfg.train.model_dump())
+    return lr_find(model, data, cfg.strategy.name, out=out, bn=cfg.strategy.bn,
+                   augment=cfg.data.augment is not False, **sweep, **cfg.strategy.options(), **cfg.train.model_dump())
 
 
 def run_objective(model: TransferModel, data: DataSplits, loss, weighting: str | dict[str, Any] = "equal",

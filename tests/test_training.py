@@ -152,14 +152,25 @@ def test_max_steps_ends_the_run_inside_an_epoch_with_the_schedule_spent(tiny_dat
     assert [r["epoch"] for r in capped.history] == [1, 2]
     assert capped.history[-1]["lr"] == 0.0  # the decay ends with the last step, not after 3 epochs
     assert load_checkpoint(tmp_path / "a")["scheduler"]["last_epoch"] == steps + steps // 2
-    # A cap at or past the epochs' own length changes nothing, bit for bit.
+    # Whole epochs' worth of steps is the same run as those epochs, bit for bit.
     strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]  # noqa: E731
     torch.manual_seed(0)
     plain = hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", out=tmp_path / "b", **args)
     torch.manual_seed(0)
-    loose = hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", out=tmp_path / "c", max_steps=10 * steps,
-                   **args)
-    assert strip(loose.history) == strip(plain.history) and len(plain.history) == 3
+    same = hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", out=tmp_path / "c", max_steps=3 * steps,
+                  **args)
+    assert strip(same.history) == strip(plain.history) and len(plain.history) == 3
+    # As HF Trainer's, it overrides epochs: 4 epochs' worth trains 4 epochs, and config.yaml says so.
+    longer = hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", out=tmp_path / "d", max_steps=4 * steps,
+                    **args)
+    assert len(longer.history) == 4 and hs.config.load_config(tmp_path / "d" / "config.yaml").train.epochs == 4
+
+
+def test_max_steps_sets_a_text_runs_warm_up_to_a_tenth_of_its_steps():
+    from headstart.run.settings import TrainSettings, with_schedule
+
+    s, why = with_schedule(TrainSettings(max_steps=30), "text", 160, "full")  # batch 16: 10 steps an epoch
+    assert s.epochs == 3 and s.warmup_epochs == pytest.approx(0.3) and "30 steps" in why
 
 
 def test_resume_with_other_settings_is_refused(tiny_data, tmp_path):

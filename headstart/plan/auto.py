@@ -117,6 +117,7 @@ def run_steps(n_train: int, batch_size: int | None, epochs: int | None, max_step
 
 
 def epoch_steps(n_train: int, batch_size: int | None) -> int:
+    """Optimizer steps of one epoch over `n_train` samples."""
     return math.ceil(n_train / (batch_size or 32))
 
 
@@ -192,7 +193,8 @@ def estimates(s: Signals, epochs: float) -> dict[str, float]:
         warmup = WARMUP_STEPS * (s.batch_size or 32) * step
         if kind in s.cached_steps:  # one pass through the frozen layers, then epochs on their cached outputs
             # (validation too: a forward through the trainable stages, about a third of a step)
-            return (s.n_train + s.n_val) * s.extract_s + e * s.n_train * step + math.ceil(e) * s.n_val * step / 3 + warmup
+            extract = (s.n_train + s.n_val) * s.extract_s
+            return extract + e * s.n_train * step + math.ceil(e) * s.n_val * step / 3 + warmup
         return e * s.n_train * step + math.ceil(e) * val + warmup
 
     return {"linear-probe": features + epochs * head_epoch + finish,
@@ -258,7 +260,7 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None, augmen
     # Text encoders fine-tune whole from 5 per class (the grid's BBC cell at 5 per class: full 0.840, partial
     # 0.829, linear probe 0.802); images need 10 (Fashion-MNIST at 1 per class: full 0.336, partial 0.457).
     few_shot = s.per_class < (5 if s.modality == "text" else 10)
-    full_text_steps = affordable_steps(s, "full", budget_s, epochs) if s.modality == "text" else 0
+    full_text_steps = affordable_steps(s, "full", budget_s, epochs) if in_steps("full", s.modality) else 0
     if few_shot and affordable_epochs("partial") >= 2:
         choice, options = "partial", partial_options(s.modality, few_shot=True)
         train["epochs"] = affordable_epochs("partial")

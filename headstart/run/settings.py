@@ -29,8 +29,9 @@ class TrainSettings:
     """Optimisation, precision, evaluation and caching settings of a run."""
 
     epochs: int | None = setting(None, ge=1)  # None = the default for the modality and data size (schedule_defaults)
-    # Optimizer steps: the run ends after this many, within its last epoch, and the schedule's warm-up and
-    # decay span them (HF Trainer's max_steps). `auto` uses it to fit a part of an epoch into a budget.
+    # Optimizer steps: the run trains this many, its last epoch ending early if need be, and the schedule's
+    # warm-up and decay span them. As HF Trainer's max_steps, it overrides epochs. `auto` uses it to fit a part
+    # of an epoch into a budget.
     max_steps: int | None = setting(None, ge=1)
     batch_size: int | None = setting(None, ge=1)  # None = that default too: 32 for images, 16 for text
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -87,7 +88,7 @@ def with_rates(settings: TrainSettings, defaults: tuple[float, float | None]) ->
 
 
 def schedule_defaults(modality: str, n_train: int, strategy: str, batch_size: int | None = None,
-                      epochs: int | None = None) -> tuple[dict[str, Any], str]:
+                      epochs: float | None = None) -> tuple[dict[str, Any], str]:
     """Batch size, epochs and learning-rate schedule for a run that names none of them, and the reason.
 
     Images: batch 32, 5 epochs (the strategy grid's setting for pretrained CNNs), cosine decay. Text encoders
@@ -111,13 +112,18 @@ def schedule_defaults(modality: str, n_train: int, strategy: str, batch_size: in
 def with_schedule(settings: TrainSettings, modality: str, n_train: int, strategy: str) -> tuple[TrainSettings, str]:
     """`settings` with the epochs and batch size it leaves at None filled in (`schedule_defaults`), and a
     line saying which it uses and where they came from."""
-    defaults, why = schedule_defaults(modality, n_train, strategy, settings.batch_size, settings.epochs)
+    length = settings.epochs
+    if settings.max_steps is not None:  # it overrides epochs: as many as hold that many steps
+        batch = settings.batch_size or schedule_defaults(modality, n_train, strategy)[0]["batch_size"]
+        length = settings.max_steps / math.ceil(n_train / batch)  # in epochs, for the warm-up's 10%
+        settings = replace(settings, epochs=math.ceil(length))
+    defaults, why = schedule_defaults(modality, n_train, strategy, settings.batch_size, length)
     keys = ("epochs", "batch_size", "scheduler", "warmup_epochs")
     named = all(getattr(settings, k) is not None for k in keys)
     settings = replace(settings, **{k: defaults[k] if getattr(settings, k) is None else getattr(settings, k)
                                     for k in keys})
     origin = "as set" if named else f"{why}; train.{' / train.'.join(keys)} set them"
     warmup = f" after {settings.warmup_epochs:g} warm-up epochs" if settings.warmup_epochs else ""
-    cap = f" (at most {settings.max_steps} steps)" if settings.max_steps else ""
+    cap = f" ({settings.max_steps} steps: train.max_steps)" if settings.max_steps else ""
     return settings, (f"{settings.epochs} epochs{cap}, batch {settings.batch_size}, {settings.scheduler} schedule"
                       f"{warmup} ({origin})")
