@@ -171,6 +171,8 @@ def test_max_steps_sets_a_text_runs_warm_up_to_a_tenth_of_its_steps():
 
     s, why = with_schedule(TrainSettings(max_steps=30), "text", 160, "full")  # batch 16: 10 steps an epoch
     assert s.epochs == 3 and s.warmup_epochs == pytest.approx(0.3) and "30 steps" in why
+    # the steps are optimizer steps: with 2 batches to a step, an epoch holds 5
+    assert with_schedule(TrainSettings(max_steps=30, grad_accum=2), "text", 160, "full")[0].epochs == 6
 
 
 def test_resume_with_other_settings_is_refused(tiny_data, tmp_path):

@@ -206,9 +206,7 @@ def estimates(s: Signals, epochs: float) -> dict[str, float]:
 
 def affordable(s: Signals, name: str, budget_s: float | None, epochs: int) -> int:
     """The most epochs (up to `epochs`) of strategy `name` whose estimate fits `budget_s` seconds; 0 if none."""
-    if budget_s is None:
-        return epochs
-    return max([e for e in range(1, epochs + 1) if estimates(s, e)[name] <= budget_s], default=0)
+    return affordable_steps(s, name, budget_s, epochs) // epoch_steps(s.n_train, s.batch_size)
 
 
 def affordable_steps(s: Signals, name: str, budget_s: float | None, epochs: int) -> int:
@@ -260,6 +258,7 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None, augmen
     # Text encoders fine-tune whole from 5 per class (the grid's BBC cell at 5 per class: full 0.840, partial
     # 0.829, linear probe 0.802); images need 10 (Fashion-MNIST at 1 per class: full 0.336, partial 0.457).
     few_shot = s.per_class < (5 if s.modality == "text" else 10)
+    per_epoch = epoch_steps(s.n_train, s.batch_size)
     full_text_steps = affordable_steps(s, "full", budget_s, epochs) if in_steps("full", s.modality) else 0
     if few_shot and affordable_epochs("partial") >= 2:
         choice, options = "partial", partial_options(s.modality, few_shot=True)
@@ -273,13 +272,12 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None, augmen
         choice, options = "lora", {"lora_r": 8}
         train["epochs"] = affordable_epochs("lora")
         reasons.append(f"{s.params_m:.0f}M-parameter encoder: LoRA keeps memory and checkpoints small")
-    elif s.modality == "text" and full_text_steps >= TEXT_FULL_MIN_EPOCHS * epoch_steps(s.n_train, s.batch_size):
+    elif s.modality == "text" and full_text_steps >= TEXT_FULL_MIN_EPOCHS * per_epoch:
         choice = "full"
         train.update(planned_length(s, full_text_steps))
         reasons.append(f"text encoder, {s.per_class:.0f} samples per class: full fine-tuning at the BERT rates "
                        f"(Devlin et al. 2019; the grid put it above LP-FT on BBC News), "
-                       f"{full_text_steps} steps ({full_text_steps / epoch_steps(s.n_train, s.batch_size):.1f} "
-                       "epochs) fit the budget")
+                       f"{full_text_steps} steps ({full_text_steps / per_epoch:.1f} epochs) fit the budget")
     elif s.per_class >= FULL_PER_CLASS and affordable_epochs("full") >= 3:
         choice = "full"
         train["epochs"] = affordable_epochs("full")
@@ -313,12 +311,13 @@ def decide(s: Signals, budget_s: float | None, epochs: int | None = None, augmen
     if augment is not None:  # the user's data.augment wins
         reasons.append(f"{'flips and crops' if augment else 'no flips or crops'}: data.augment is "
                        f"{str(augment).lower()}")
-    elif plain_inputs(s.modality) is False and s.task == "regression":
-        reasons.append("image regression: no flips or crops, which would change the target without its label")
-    elif plain_inputs(s.modality) is False:
-        reasons.append("no flips or crops: in runs of a few epochs they cost more than they add "
-                       "(better on 6 of 9 measured cells without them), and partial's frozen layers are cached")
-    augment = plain_inputs(s.modality) if augment is None else augment
+    else:
+        augment = plain_inputs(s.modality)
+        if augment is False and s.task == "regression":
+            reasons.append("image regression: no flips or crops, which would change the target without its label")
+        elif augment is False:
+            reasons.append("no flips or crops: in runs of a few epochs they cost more than they add "
+                           "(better on 6 of 9 measured cells without them), and partial's frozen layers are cached")
     proxy = f", linear-probe proxy {probe:.3f}" if probe is not None else ""
     reasons.append(f"signals: {s.n_train} training samples, {s.num_classes} classes, "
                    f"{s.params_m:.1f}M parameters{proxy}")

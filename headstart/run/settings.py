@@ -115,7 +115,8 @@ def with_schedule(settings: TrainSettings, modality: str, n_train: int, strategy
     length = settings.epochs
     if settings.max_steps is not None:  # it overrides epochs: as many as hold that many steps
         batch = settings.batch_size or schedule_defaults(modality, n_train, strategy)[0]["batch_size"]
-        length = settings.max_steps / math.ceil(n_train / batch)  # in epochs, for the warm-up's 10%
+        per_epoch = math.ceil(math.ceil(n_train / batch) / settings.grad_accum)  # optimizer steps
+        length = settings.max_steps / per_epoch  # in epochs, for the warm-up's 10%
         settings = replace(settings, epochs=math.ceil(length))
     defaults, why = schedule_defaults(modality, n_train, strategy, settings.batch_size, length)
     keys = ("epochs", "batch_size", "scheduler", "warmup_epochs")
