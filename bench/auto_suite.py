@@ -4,6 +4,7 @@ baseline.
 
     python bench/auto_suite.py                         # all ten tasks (about 35-45 min on 2 idle cores)
     python bench/auto_suite.py --tasks bbc,tweets      # some tasks; their rows replace those in the results file
+    python bench/auto_suite.py --seeds 1,2             # more seeds: rows are kept per (task, seed), tables show means
     python bench/auto_suite.py --quick --tasks digits  # toy sizes, the same code: a smoke test, not a result
 
 Run it on an idle machine, with the allocator setting from the Makefile (GLIBC_TUNABLES). Results:
@@ -33,7 +34,7 @@ The regression task cannot be given to the CLI (a single-task regression model n
 contenders run `hs.fit(model, data, strategy, ...)` in a worker process of this script, timed the same way
 (around the process, imports included).
 
-The tasks (seed 0 unless --seed; the "test" sets come from each data set's own test split):
+The tasks (seed 0 unless --seeds; each seed draws its own sample and seeds every run; the "test" sets come from each data set's own test split):
   fmnist            Fashion-MNIST, 100 train / 12 val / 100 test per class, 96 px, accuracy, budget 60 s
   fmnist-fewshot    Fashion-MNIST, 20 train / 5 val / 100 test per class, 96 px, accuracy, 30 s
   digits            scikit-learn digits (8x8), its 80/20 split with 10% val (~130 train per class), 64 px,
@@ -385,7 +386,7 @@ def run_task(task: str, quick: bool, seed: int, limit_ok: bool, root: Path) -> d
     parts = build_parts(task, s, seed)
     paths = write_parts(parts, s["kind"], work)
     y_test = parts["test"][1]
-    row = {"task": task, "kind": s["kind"], "metric": s["metric"], "budget_s": s["budget"],
+    row = {"task": task, "seed": seed, "kind": s["kind"], "metric": s["metric"], "budget_s": s["budget"],
            "allowed_wall_s": allowed_wall(s["budget"]), "train_items": len(parts["train"][1]),
            "val_items": len(parts["val"][1]), "test_items": len(y_test),
            "settings": {k: v for k, v in s.items() if k != "quick"}, "time_limit_applied": limit_ok}
@@ -406,80 +407,164 @@ def run_task(task: str, quick: bool, seed: int, limit_ok: bool, root: Path) -> d
 
 # --------------------------------------------------------------------------------------------- the table
 
+def in_budget(cell: dict, row: dict) -> bool:
+    return "error" not in cell and cell.get("metric") is not None and cell["wall_s"] <= row["allowed_wall_s"]
+
+
 def summarise(row: dict) -> dict:
     """The derived columns of a row: best in-budget cell, gaps (points, auto minus other)."""
-    fits = [c for c in row["grid"] if "error" not in c and c.get("metric") is not None
-            and c["wall_s"] <= row["allowed_wall_s"]]
+    fits = [c for c in row["grid"] if in_budget(c, row)]
     best = max(fits, key=lambda c: c["metric"]) if fits else None
     a, b = row["auto"].get("metric"), row["baseline"]["metric"]
     return {"best": best, "gap": None if a is None or best is None else 100 * (a - best["metric"]),
             "vs_baseline": None if a is None else 100 * (a - b)}
 
 
+def mean_sd(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None where a value is missing; sd None for one value)."""
+    if not values or any(v is None for v in values):
+        return None, None
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
+
+
+def over_seeds(runs: list[dict]) -> dict:
+    """One task over its seeds: auto's mean, the grid cell with the best mean among the cells within the wall
+    limit on every seed, the baseline's mean, and the gaps in points. With one seed these are that seed's
+    figures. The best cell is picked on the same test figures it is compared on, so with one seed it is the
+    maximum of five noisy scores; the mean over seeds is the fairer comparison."""
+    auto, auto_sd = mean_sd([r["auto"].get("metric") for r in runs])
+    cells = {}
+    for g in GRID:
+        per_seed = [next(c for c in r["grid"] if c["strategy"] == g) for r in runs]
+        m, sd = mean_sd([c.get("metric") if "error" not in c else None for c in per_seed])
+        cells[g] = {"strategy": g, "metric": m, "sd": sd, "wall_s": max(c["wall_s"] for c in per_seed),
+                    "cut_short": any(c.get("cut_short") for c in per_seed),
+                    "fits": all(in_budget(c, r) for c, r in zip(per_seed, runs))}
+    fitting = [c for c in cells.values() if c["fits"] and c["metric"] is not None]
+    best = max(fitting, key=lambda c: c["metric"]) if fitting else None
+    base, base_sd = mean_sd([r["baseline"]["metric"] for r in runs])
+    mse = mean_sd([r["auto"].get("mse") for r in runs])[0] if runs[0]["kind"] == "regression" else None
+    base_mse = mean_sd([r["baseline"].get("mse") for r in runs])[0] if runs[0]["kind"] == "regression" else None
+    return {"seeds": [r.get("seed", 0) for r in runs], "auto": auto, "auto_sd": auto_sd, "mse": mse,
+            "cells": cells, "best": best, "baseline": base, "baseline_sd": base_sd, "baseline_mse": base_mse,
+            "gap": None if auto is None or best is None else 100 * (auto - best["metric"]),
+            "vs_baseline": None if auto is None else 100 * (auto - base),
+            "wall_s": max(r["auto"].get("wall_s", math.inf) for r in runs),
+            "wall_over_budget": max(r["auto"].get("wall_over_budget", math.inf) for r in runs)}
+
+
+def pick(auto: dict) -> str:
+    """What auto trained and shipped, in a few words."""
+    if "error" in auto:
+        return "failed"
+    shipped = (auto["auto"].get("contender") or {}).get("shipped")
+    return f"{auto['auto']['strategy']}" + (f" {auto['auto']['options']}" if auto["auto"].get("options") else "") + \
+        (" -> pixels (transfer did not help)" if shipped else "")
+
+
 def fmt(v, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def with_sd(m, sd) -> str:
+    return fmt(m) + (f" ± {sd:.3f}" if sd is not None else "")
+
+
+def by_task(rows: list[dict]) -> list[list[dict]]:
+    """Rows grouped by task in suite order, each group in seed order."""
+    groups: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: (list(TASKS).index(r["task"]), r.get("seed", 0))):
+        groups.setdefault(r["task"], []).append(r)
+    return list(groups.values())
+
+
 def table(rows: list[dict], quick: bool) -> str:
-    """The markdown table and, below it, the must-show checks of issue 15 computed from the rows."""
+    """The markdown tables and, below them, the must-show checks of issue 15 computed from the rows. Where a
+    task ran with several seeds (data sampling and training seed), its figures are means (± sample sd)."""
+    groups = by_task(rows)
+    tasks = [(g, over_seeds(g)) for g in groups]
+    several = any(len(g) > 1 for g in groups)
     lines = [f"# Auto suite{' (quick mode: toy sizes, not results)' if quick else ''}", "",
              "`headstart fit --strategy auto --budget B` against the best strategy-grid cell (linear-probe, "
              "partial, lp-ft, full, lora at default settings, `train.time_limit=B`) whose wall time is within "
              "the budget's limit (1.15 x B, or B + 10 s under a minute), and a classical scikit-learn baseline. "
              "Wall times are whole commands (process start to exit). Gaps are in points (100 x metric), auto minus "
-             "the other; regression reports R^2 (test MSE in parentheses). See bench/auto_suite.py for the data.", "",
-             "| task | train | metric | budget | auto pick | auto | auto wall (x budget) | best in-budget cell "
+             "the other; regression reports R^2 (test MSE in parentheses). See bench/auto_suite.py for the data."
+             + (" A task run with several seeds (each seed draws its own data sample and seeds every run) shows "
+                "means ± sample standard deviations; its best cell is the cell with the best mean among those "
+                "within the wall limit on every seed, and its wall time is the worst seed's." if several else ""), "",
+             "| task | train | metric | budget | seeds | auto pick | auto | auto wall (x budget) | best in-budget cell "
              "(metric, wall) | auto - best | baseline | auto - baseline |",
-             "|---|---:|---|---:|---|---:|---:|---|---:|---:|---:|"]
-    for r in rows:
-        d, auto = summarise(r), r["auto"]
-        shipped = "error" not in auto and (auto["auto"].get("contender") or {}).get("shipped")
-        pick = "failed" if "error" in auto else \
-            f"{auto['auto']['strategy']}" + (f" {auto['auto']['options']}" if auto["auto"].get("options") else "") + \
-            (" -> pixels (transfer did not help)" if shipped else "")
+             "|---|---:|---|---:|---:|---|---:|---:|---|---:|---:|---:|"]
+    for g, t in tasks:
+        r = g[0]
+        picks = [pick(x["auto"]) for x in g]
+        picks_s = "; ".join(p + (f" (x{picks.count(p)})" if len(g) > 1 else "") for p in dict.fromkeys(picks))
         metric = "R^2" if r["kind"] == "regression" else r["metric"] + \
             (f" ({r['settings']['positive']})" if r["metric"] == "f1" else "")
-        a = fmt(auto.get("metric")) + (f" ({auto['mse']:.3f})" if auto.get("mse") is not None else "")
-        best = d["best"]
-        best_s = "-" if best is None else (f"{best['strategy']}{' (cut)' if best.get('cut_short') else ''} "
+        a = with_sd(t["auto"], t["auto_sd"]) + (f" ({t['mse']:.3f})" if t["mse"] is not None else "")
+        best = t["best"]
+        best_s = "-" if best is None else (f"{best['strategy']}{' (cut)' if best['cut_short'] else ''} "
                                            f"{best['metric']:.3f}, {best['wall_s']:.0f}s")
-        base = r["baseline"]
-        base_s = f"{base['metric']:.3f}" + (f" ({base['mse']:.3f})" if "mse" in base else "")
-        lines.append(f"| {r['task']} | {r['train_items']} | {metric} | {r['budget_s']:.0f}s | {pick} | {a} | "
-                     f"{auto.get('wall_s', float('nan')):.0f}s ({auto.get('wall_over_budget', float('nan')):.2f}x) | "
-                     f"{best_s} | {fmt(d['gap'], '+.1f')} | {base_s} | {fmt(d['vs_baseline'], '+.1f')} |")
-    n = len(rows)
-    summaries = [summarise(r) for r in rows]
-    within = sum(1 for d in summaries if d["gap"] is not None and d["gap"] >= -1.0)
-    above = sum(1 for d in summaries if d["vs_baseline"] is not None and d["vs_baseline"] >= 0)
-    imb = [(r, d) for r, d in zip(rows, summaries) if r["metric"] == "f1"]
-    walls = [(r["auto"]["wall_s"], r["budget_s"], r["allowed_wall_s"]) for r in rows if "wall_s" in r["auto"]]
-    over = [r["task"] for r in rows if r["auto"].get("wall_s", math.inf) > r["allowed_wall_s"]]
-    lines += ["", "Must-show checks (issue 15), from the rows above:", "",
+        base_s = with_sd(t["baseline"], t["baseline_sd"]) + \
+            (f" ({t['baseline_mse']:.3f})" if t["baseline_mse"] is not None else "")
+        lines.append(f"| {r['task']} | {r['train_items']} | {metric} | {r['budget_s']:.0f}s | "
+                     f"{','.join(map(str, t['seeds']))} | {picks_s} | {a} | {t['wall_s']:.0f}s "
+                     f"({t['wall_over_budget']:.2f}x) | {best_s} | {fmt(t['gap'], '+.1f')} | {base_s} | "
+                     f"{fmt(t['vs_baseline'], '+.1f')} |")
+    n = len(tasks)
+    within = sum(1 for _, t in tasks if t["gap"] is not None and t["gap"] >= -1.0)
+    above = sum(1 for _, t in tasks if t["vs_baseline"] is not None and t["vs_baseline"] >= 0)
+    over = [g[0]["task"] for g, t in tasks if t["wall_s"] > g[0]["allowed_wall_s"]]
+    lines += ["", "Must-show checks (issue 15), from the rows above" + (" (means over seeds)" if several else "")
+              + ":", "",
               f"- auto within 1 point of the best in-budget grid cell: {within}/{n} tasks (bar: 9 of 10)",
               f"- auto at or above the classical baseline: {above}/{n} tasks (bar: every task)"]
-    for r, d in imb:
-        lines.append(f"- imbalanced task {r['task']}: positive-class F1 auto {fmt(r['auto'].get('metric'))} vs "
-                     f"baseline {r['baseline']['metric']:.3f}, margin {fmt(d['vs_baseline'], '+.1f')} points "
-                     "(bar: +3)")
-    if walls:
-        lines.append(f"- max auto wall / budget: {max(w / b for w, b, _ in walls):.2f}x; over the limit (1.15x, or "
-                     f"budget + 10 s under a minute): {', '.join(over) if over else 'none'}")
+    for g, t in tasks:
+        if g[0]["metric"] == "f1":
+            lines.append(f"- imbalanced task {g[0]['task']}: positive-class F1 auto {fmt(t['auto'])} vs "
+                         f"baseline {fmt(t['baseline'])}, margin {fmt(t['vs_baseline'], '+.1f')} points (bar: +3)")
+    lines.append(f"- max auto wall / budget: {max(t['wall_over_budget'] for _, t in tasks):.2f}x; over the limit "
+                 f"(1.15x, or budget + 10 s under a minute): {', '.join(over) if over else 'none'}")
     if not all(r.get("time_limit_applied", True) for r in rows):
         lines.append("- train.time_limit was not available in this headstart: grid cells ran without it "
-                     f"({', '.join(r['task'] for r in rows if not r.get('time_limit_applied', True))})")
-    lines += ["", "Every grid cell (metric, wall s; \"cut\" = stopped by time_limit before its planned epochs):", "",
+                     f"({', '.join(sorted({r['task'] for r in rows if not r.get('time_limit_applied', True)}))})")
+    if several:
+        seeds = sorted({r.get("seed", 0) for r in rows})
+        lines += ["", "Each seed on its own (the checks above, counted per seed over the tasks that ran it):", ""]
+        for s in seeds:
+            runs = [r for r in rows if r.get("seed", 0) == s]
+            d = [summarise(r) for r in runs]
+            lines.append(f"- seed {s}: within 1 point {sum(1 for x in d if x['gap'] is not None and x['gap'] >= -1)}"
+                         f"/{len(runs)}, at or above the baseline "
+                         f"{sum(1 for x in d if x['vs_baseline'] is not None and x['vs_baseline'] >= 0)}/{len(runs)}")
+        lines += ["", "| task | seed | auto pick | auto | wall (x budget) | best in-budget cell | auto - best | "
+                  "baseline | auto - baseline |", "|---|---:|---|---:|---:|---|---:|---:|---:|"]
+        for g, _ in tasks:
+            for r in g:
+                d = summarise(r)
+                b = d["best"]
+                lines.append(f"| {r['task']} | {r.get('seed', 0)} | {pick(r['auto'])} | {fmt(r['auto'].get('metric'))} | "
+                             f"{r['auto'].get('wall_s', math.nan):.0f}s ({r['auto'].get('wall_over_budget', math.nan):.2f}x) | "
+                             + ("-" if b is None else f"{b['strategy']}{' (cut)' if b.get('cut_short') else ''} "
+                                f"{b['metric']:.3f}") +
+                             f" | {fmt(d['gap'], '+.1f')} | {r['baseline']['metric']:.3f} | "
+                             f"{fmt(d['vs_baseline'], '+.1f')} |")
+    lines += ["", "Every grid cell (metric" + (" mean ± sd" if several else "") + ", wall s" +
+              (" of the worst seed" if several else "") + "; \"cut\" = stopped by time_limit before its planned "
+              "epochs" + (" on some seed" if several else "") + "):", "",
               "| task | " + " | ".join(GRID) + " |", "|---|" + "---:|" * len(GRID)]
-    for r in rows:
-        cells = {c["strategy"]: c for c in r["grid"]}
-        lines.append(f"| {r['task']} | " + " | ".join(
-            "failed" if "error" in cells[g] else
-            f"{fmt(cells[g].get('metric'))} ({cells[g]['wall_s']:.0f}s{', cut' if cells[g].get('cut_short') else ''})"
-            for g in GRID) + " |")
+    for g, t in tasks:
+        lines.append(f"| {g[0]['task']} | " + " | ".join(
+            "failed" if t["cells"][c]["metric"] is None else
+            f"{with_sd(t['cells'][c]['metric'], t['cells'][c]['sd'])} ({t['cells'][c]['wall_s']:.0f}s"
+            f"{', cut' if t['cells'][c]['cut_short'] else ''})" for c in GRID) + " |")
     lines += ["", "Auto's reasons:", ""]
-    lines += [f"- {r['task']}: " + ("; ".join(r["auto"]["auto"].get("reasons") or []) if "auto" in r["auto"]
-                                    else "failed: " + r["auto"].get("error", "")[-300:].replace("\n", " "))
-              for r in rows]
+    lines += [f"- {r['task']}" + (f" (seed {r.get('seed', 0)})" if several else "") + ": " +
+              ("; ".join(r["auto"]["auto"].get("reasons") or []) if "auto" in r["auto"]
+               else "failed: " + r["auto"].get("error", "")[-300:].replace("\n", " "))
+              for g, _ in tasks for r in g]
     return "\n".join(lines) + "\n"
 
 
@@ -487,10 +572,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="toy sizes, the same code: checks the script")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
-    parser.add_argument("--seed", type=int, default=0, help="data sampling, rotations and every run's seed")
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated; each seed draws the data sample (and rotations) and seeds every run")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--npz", "--strategy", "--out", "--cache-dir"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)  # the worker's run
     parser.add_argument("--image-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--time-limit", action="store_true", help=argparse.SUPPRESS)
@@ -505,17 +592,20 @@ def main() -> None:
     limit_ok = time_limit_supported()
     if not limit_ok:
         print("note: this headstart has no train.time_limit; grid cells run without it", flush=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
     start, rows = time.perf_counter(), []
     with tempfile.TemporaryDirectory(prefix="auto_suite_") as tmp:
-        for task in tasks:
-            rows.append(run_task(task, args.quick, args.seed, limit_ok, Path(tmp)))
+        for seed in seeds:
+            for task in tasks:
+                rows.append(run_task(task, args.quick, seed, limit_ok, Path(tmp) / f"seed{seed}"))
     name = "auto_suite" + ("_quick" if args.quick else "")
     previous = RESULTS / f"{name}.json"
-    if previous.exists():  # a partial run replaces its own rows and keeps the others, in suite order
-        done = {r["task"] for r in rows}
-        rows = [r for r in json.loads(previous.read_text())["rows"] if r["task"] not in done] + rows
-        rows.sort(key=lambda r: list(TASKS).index(r["task"]))
-    record = {"machine": machine(), "quick": args.quick, "seed": args.seed,
+    if previous.exists():  # a partial run replaces its own (task, seed) rows and keeps the others
+        done = {(r["task"], r["seed"]) for r in rows}
+        rows = [r for r in json.loads(previous.read_text())["rows"] if (r["task"], r.get("seed", 0)) not in done] \
+            + rows
+    rows.sort(key=lambda r: (list(TASKS).index(r["task"]), r.get("seed", 0)))
+    record = {"machine": machine(), "quick": args.quick, "seeds": sorted({r.get("seed", 0) for r in rows}),
               "seconds_this_run": round(time.perf_counter() - start, 1), "grid": GRID, "rows": rows}
     save(name, record, table(rows, args.quick))
 
