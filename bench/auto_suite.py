@@ -428,6 +428,14 @@ def mean_sd(values: list) -> tuple[float | None, float | None]:
     return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
 
 
+def paired_se(a: list, b: list) -> float | None:
+    """Standard error, in points, of the mean of the per-seed differences a - b (None for fewer than two seeds):
+    the seeds pair the two contenders on the same data sample."""
+    if len(a) < 2 or len(a) != len(b) or any(v is None for v in a + b):
+        return None
+    return 100 * float(np.std(np.subtract(a, b), ddof=1)) / math.sqrt(len(a))
+
+
 def over_seeds(runs: list[dict]) -> dict:
     """One task over its seeds: auto's mean, the grid cell with the best mean among the cells within the wall
     limit on every seed, the baseline's mean, and the gaps in points. With one seed these are that seed's
@@ -446,10 +454,15 @@ def over_seeds(runs: list[dict]) -> dict:
     base, base_sd = mean_sd([r["baseline"]["metric"] for r in runs])
     mse = mean_sd([r["auto"].get("mse") for r in runs])[0] if runs[0]["kind"] == "regression" else None
     base_mse = mean_sd([r["baseline"].get("mse") for r in runs])[0] if runs[0]["kind"] == "regression" else None
+    autos = [r["auto"].get("metric") for r in runs]
+    best_runs = [] if best is None else [next(c for c in r["grid"] if c["strategy"] == best["strategy"])["metric"]
+                                         for r in runs]
     return {"seeds": [r.get("seed", 0) for r in runs], "auto": auto, "auto_sd": auto_sd, "mse": mse,
             "cells": cells, "best": best, "baseline": base, "baseline_sd": base_sd, "baseline_mse": base_mse,
             "gap": None if auto is None or best is None else 100 * (auto - best["metric"]),
+            "gap_se": paired_se(autos, best_runs),
             "vs_baseline": None if auto is None else 100 * (auto - base),
+            "vs_baseline_se": paired_se(autos, [r["baseline"]["metric"] for r in runs]),
             "wall_s": max(r["auto"].get("wall_s", math.inf) for r in runs),
             "wall_over_budget": max(r["auto"].get("wall_over_budget", math.inf) for r in runs)}
 
@@ -469,6 +482,10 @@ def fmt(v, spec: str = ".3f") -> str:
 
 def with_sd(m, sd) -> str:
     return fmt(m) + (f" ± {sd:.3f}" if sd is not None else "")
+
+
+def gap(points, se) -> str:
+    return fmt(points, "+.1f") + (f" ± {se:.1f}" if se is not None else "")
 
 
 def by_task(rows: list[dict]) -> list[list[dict]]:
@@ -492,7 +509,7 @@ def table(rows: list[dict], quick: bool) -> str:
              "Wall times are whole commands (process start to exit). Gaps are in points (100 x metric), auto minus "
              "the other; regression reports R^2 (test MSE in parentheses). See bench/auto_suite.py for the data."
              + (" A task run with several seeds (each seed draws its own data sample and seeds every run) shows "
-                "means ± sample standard deviations; its best cell is the cell with the best mean among those "
+                "means ± sample standard deviations, and its gaps the mean of the per-seed differences ± their standard error (the seeds pair the contenders on one data sample); its best cell is the cell with the best mean among those "
                 "within the wall limit on every seed, and its wall time is the worst seed's." if several else ""), "",
              "| task | train | metric | budget | seeds | auto pick | auto | auto wall (x budget) | best in-budget cell "
              "(metric, wall) | auto - best | baseline | auto - baseline |",
@@ -511,8 +528,8 @@ def table(rows: list[dict], quick: bool) -> str:
             (f" ({t['baseline_mse']:.3f})" if t["baseline_mse"] is not None else "")
         lines.append(f"| {r['task']} | {r['train_items']} | {metric} | {r['budget_s']:.0f}s | "
                      f"{','.join(map(str, t['seeds']))} | {picks_s} | {a} | {t['wall_s']:.0f}s "
-                     f"({t['wall_over_budget']:.2f}x) | {best_s} | {fmt(t['gap'], '+.1f')} | {base_s} | "
-                     f"{fmt(t['vs_baseline'], '+.1f')} |")
+                     f"({t['wall_over_budget']:.2f}x) | {best_s} | {gap(t['gap'], t['gap_se'])} | {base_s} | "
+                     f"{gap(t['vs_baseline'], t['vs_baseline_se'])} |")
     n = len(tasks)
     within = sum(1 for _, t in tasks if t["gap"] is not None and t["gap"] >= -1.0)
     above = sum(1 for _, t in tasks if t["vs_baseline"] is not None and t["vs_baseline"] >= 0)
