@@ -4,7 +4,7 @@ baseline.
 
     python bench/auto_suite.py                         # all ten tasks (about 35-45 min on 2 idle cores)
     python bench/auto_suite.py --tasks bbc,tweets      # some tasks; their rows replace those in the results file
-    python bench/auto_suite.py --seeds 1,2             # more seeds: rows are kept per (task, seed), tables show means
+    python bench/auto_suite.py --seeds 1,2             # more seeds: rows kept per (task, seed), tables show means
     python bench/auto_suite.py --quick --tasks digits  # toy sizes, the same code: a smoke test, not a result
 
 Run it on an idle machine, with the allocator setting from the Makefile (GLIBC_TUNABLES). Results:
@@ -34,7 +34,8 @@ The regression task cannot be given to the CLI (a single-task regression model n
 contenders run `hs.fit(model, data, strategy, ...)` in a worker process of this script, timed the same way
 (around the process, imports included).
 
-The tasks (seed 0 unless --seeds; each seed draws its own sample and seeds every run; the "test" sets come from each data set's own test split):
+The tasks (seed 0 unless --seeds; each seed draws its own sample and seeds every run; the "test" sets come
+from each data set's own test split):
   fmnist            Fashion-MNIST, 100 train / 12 val / 100 test per class, 96 px, accuracy, budget 60 s
   fmnist-fewshot    Fashion-MNIST, 20 train / 5 val / 100 test per class, 96 px, accuracy, 30 s
   digits            scikit-learn digits (8x8), its 80/20 split with 10% val (~130 train per class), 64 px,
@@ -411,15 +412,6 @@ def in_budget(cell: dict, row: dict) -> bool:
     return "error" not in cell and cell.get("metric") is not None and cell["wall_s"] <= row["allowed_wall_s"]
 
 
-def summarise(row: dict) -> dict:
-    """The derived columns of a row: best in-budget cell, gaps (points, auto minus other)."""
-    fits = [c for c in row["grid"] if in_budget(c, row)]
-    best = max(fits, key=lambda c: c["metric"]) if fits else None
-    a, b = row["auto"].get("metric"), row["baseline"]["metric"]
-    return {"best": best, "gap": None if a is None or best is None else 100 * (a - best["metric"]),
-            "vs_baseline": None if a is None else 100 * (a - b)}
-
-
 def mean_sd(values: list) -> tuple[float | None, float | None]:
     """Mean and sample standard deviation (None where a value is missing; sd None for one value)."""
     if not values or any(v is None for v in values):
@@ -441,28 +433,27 @@ def over_seeds(runs: list[dict]) -> dict:
     limit on every seed, the baseline's mean, and the gaps in points. With one seed these are that seed's
     figures. The best cell is picked on the same test figures it is compared on, so with one seed it is the
     maximum of five noisy scores; the mean over seeds is the fairer comparison."""
-    auto, auto_sd = mean_sd([r["auto"].get("metric") for r in runs])
+    autos, bases = [r["auto"].get("metric") for r in runs], [r["baseline"]["metric"] for r in runs]
+    (auto, auto_sd), (base, base_sd) = mean_sd(autos), mean_sd(bases)
     cells = {}
     for g in GRID:
         per_seed = [next(c for c in r["grid"] if c["strategy"] == g) for r in runs]
-        m, sd = mean_sd([c.get("metric") if "error" not in c else None for c in per_seed])
-        cells[g] = {"strategy": g, "metric": m, "sd": sd, "wall_s": max(c["wall_s"] for c in per_seed),
+        metrics = [c.get("metric") if "error" not in c else None for c in per_seed]
+        cells[g] = {"strategy": g, "per_seed": metrics, **dict(zip(("metric", "sd"), mean_sd(metrics))),
+                    "wall_s": max(c["wall_s"] for c in per_seed),
                     "cut_short": any(c.get("cut_short") for c in per_seed),
                     "fits": all(in_budget(c, r) for c, r in zip(per_seed, runs))}
     fitting = [c for c in cells.values() if c["fits"] and c["metric"] is not None]
     best = max(fitting, key=lambda c: c["metric"]) if fitting else None
-    base, base_sd = mean_sd([r["baseline"]["metric"] for r in runs])
-    mse = mean_sd([r["auto"].get("mse") for r in runs])[0] if runs[0]["kind"] == "regression" else None
-    base_mse = mean_sd([r["baseline"].get("mse") for r in runs])[0] if runs[0]["kind"] == "regression" else None
-    autos = [r["auto"].get("metric") for r in runs]
-    best_runs = [] if best is None else [next(c for c in r["grid"] if c["strategy"] == best["strategy"])["metric"]
-                                         for r in runs]
+    regression = runs[0]["kind"] == "regression"
+    mse = mean_sd([r["auto"].get("mse") for r in runs])[0] if regression else None
+    base_mse = mean_sd([r["baseline"].get("mse") for r in runs])[0] if regression else None
     return {"seeds": [r.get("seed", 0) for r in runs], "auto": auto, "auto_sd": auto_sd, "mse": mse,
             "cells": cells, "best": best, "baseline": base, "baseline_sd": base_sd, "baseline_mse": base_mse,
             "gap": None if auto is None or best is None else 100 * (auto - best["metric"]),
-            "gap_se": paired_se(autos, best_runs),
+            "gap_se": None if best is None else paired_se(autos, best["per_seed"]),
             "vs_baseline": None if auto is None else 100 * (auto - base),
-            "vs_baseline_se": paired_se(autos, [r["baseline"]["metric"] for r in runs]),
+            "vs_baseline_se": paired_se(autos, bases),
             "wall_s": max(r["auto"].get("wall_s", math.inf) for r in runs),
             "wall_over_budget": max(r["auto"].get("wall_over_budget", math.inf) for r in runs)}
 
@@ -509,8 +500,10 @@ def table(rows: list[dict], quick: bool) -> str:
              "Wall times are whole commands (process start to exit). Gaps are in points (100 x metric), auto minus "
              "the other; regression reports R^2 (test MSE in parentheses). See bench/auto_suite.py for the data."
              + (" A task run with several seeds (each seed draws its own data sample and seeds every run) shows "
-                "means ± sample standard deviations, and its gaps the mean of the per-seed differences ± their standard error (the seeds pair the contenders on one data sample); its best cell is the cell with the best mean among those "
-                "within the wall limit on every seed, and its wall time is the worst seed's." if several else ""), "",
+                "means ± sample standard deviations, and its gaps the mean of the per-seed differences ± their "
+                "standard error (the seeds pair the contenders on one data sample); its best cell is the cell "
+                "with the best mean among those within the wall limit on every seed, and its wall time is the "
+                "worst seed's." if several else ""), "",
              "| task | train | metric | budget | seeds | auto pick | auto | auto wall (x budget) | best in-budget cell "
              "(metric, wall) | auto - best | baseline | auto - baseline |",
              "|---|---:|---|---:|---:|---|---:|---:|---|---:|---:|---:|"]
@@ -552,7 +545,7 @@ def table(rows: list[dict], quick: bool) -> str:
         lines += ["", "Each seed on its own (the checks above, counted per seed over the tasks that ran it):", ""]
         for s in seeds:
             runs = [r for r in rows if r.get("seed", 0) == s]
-            d = [summarise(r) for r in runs]
+            d = [over_seeds([r]) for r in runs]
             lines.append(f"- seed {s}: within 1 point {sum(1 for x in d if x['gap'] is not None and x['gap'] >= -1)}"
                          f"/{len(runs)}, at or above the baseline "
                          f"{sum(1 for x in d if x['vs_baseline'] is not None and x['vs_baseline'] >= 0)}/{len(runs)}")
@@ -560,14 +553,13 @@ def table(rows: list[dict], quick: bool) -> str:
                   "baseline | auto - baseline |", "|---|---:|---|---:|---:|---|---:|---:|---:|"]
         for g, _ in tasks:
             for r in g:
-                d = summarise(r)
+                d = over_seeds([r])
                 b = d["best"]
-                lines.append(f"| {r['task']} | {r.get('seed', 0)} | {pick(r['auto'])} | {fmt(r['auto'].get('metric'))} | "
-                             f"{r['auto'].get('wall_s', math.nan):.0f}s ({r['auto'].get('wall_over_budget', math.nan):.2f}x) | "
-                             + ("-" if b is None else f"{b['strategy']}{' (cut)' if b.get('cut_short') else ''} "
-                                f"{b['metric']:.3f}") +
-                             f" | {fmt(d['gap'], '+.1f')} | {r['baseline']['metric']:.3f} | "
-                             f"{fmt(d['vs_baseline'], '+.1f')} |")
+                best_s = "-" if b is None else \
+                    f"{b['strategy']}{' (cut)' if b['cut_short'] else ''} {b['metric']:.3f}"
+                lines.append(f"| {r['task']} | {r.get('seed', 0)} | {pick(r['auto'])} | {fmt(d['auto'])} | "
+                             f"{d['wall_s']:.0f}s ({d['wall_over_budget']:.2f}x) | {best_s} | {fmt(d['gap'], '+.1f')} | "
+                             f"{d['baseline']:.3f} | {fmt(d['vs_baseline'], '+.1f')} |")
     lines += ["", "Every grid cell (metric" + (" mean ± sd" if several else "") + ", wall s" +
               (" of the worst seed" if several else "") + "; \"cut\" = stopped by time_limit before its planned "
               "epochs" + (" on some seed" if several else "") + "):", "",
