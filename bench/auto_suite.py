@@ -5,6 +5,7 @@ baseline.
     python bench/auto_suite.py                         # all ten tasks (about 35-45 min on 2 idle cores)
     python bench/auto_suite.py --tasks bbc,tweets      # some tasks; their rows replace those in the results file
     python bench/auto_suite.py --seeds 1,2             # more seeds: rows kept per (task, seed), tables show means
+    python bench/auto_suite.py --auto-only --tasks fmnist --seeds 0,1,2   # auto again; grid cells kept
     python bench/auto_suite.py --quick --tasks digits  # toy sizes, the same code: a smoke test, not a result
 
 Run it on an idle machine, with the allocator setting from the Makefile (GLIBC_TUNABLES). Results:
@@ -379,8 +380,9 @@ def baseline(s: dict, parts: dict) -> dict:
 
 # --------------------------------------------------------------------------------------------- one task
 
-def run_task(task: str, quick: bool, seed: int, limit_ok: bool, root: Path) -> dict:
-    """Build the task's data, run auto, the grid and the baseline; returns the task's row."""
+def run_task(task: str, quick: bool, seed: int, limit_ok: bool, root: Path, kept: dict | None = None) -> dict:
+    """Build the task's data, run auto, the grid and the baseline; returns the task's row. With `kept` (an
+    earlier row of the same task and seed), only auto runs, and the grid cells and baseline are kept from it."""
     s = {**settings(task, quick), "quick": quick}
     work = root / task
     work.mkdir(parents=True)
@@ -394,12 +396,15 @@ def run_task(task: str, quick: bool, seed: int, limit_ok: bool, root: Path) -> d
     if parts["classes"] is not None:
         row["class_counts"] = {c: int((parts["train"][1] == i).sum()) for i, c in enumerate(parts["classes"])}
     contenders = []
-    for strategy in ("auto",) + GRID:
+    for strategy in ("auto",) + (GRID if kept is None else ()):
         rec = run_contender(task, s, strategy, paths, work, limit_ok, seed)
         if "error" not in rec:
             rec.update(score(rec.pop("test"), s, y_test))
         contenders.append(rec)
         print(json.dumps({"task": task, **{k: v for k, v in rec.items() if k != "command"}})[:600], flush=True)
+    if kept is not None:
+        row.update(auto=contenders[0], grid=kept["grid"], baseline=kept["baseline"], grid_kept=True)
+        return row
     row["auto"], row["grid"] = contenders[0], contenders[1:]
     row["baseline"] = baseline(s, parts)
     print(json.dumps({"task": task, "baseline": row["baseline"]}), flush=True)
@@ -583,6 +588,9 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
     parser.add_argument("--seeds", default="0",
                         help="comma-separated; each seed draws the data sample (and rotations) and seeds every run")
+    parser.add_argument("--auto-only", action="store_true",
+                        help="run auto alone; each (task, seed) keeps the grid cells and baseline of its row in the "
+                             "results file (they do not depend on auto's code)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--npz", "--strategy", "--out", "--cache-dir"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
@@ -602,13 +610,19 @@ def main() -> None:
     if not limit_ok:
         print("note: this headstart has no train.time_limit; grid cells run without it", flush=True)
     seeds = [int(s) for s in args.seeds.split(",")]
+    name = "auto_suite" + ("_quick" if args.quick else "")
+    previous = RESULTS / f"{name}.json"
+    earlier = {(r["task"], r.get("seed", 0)): r for r in json.loads(previous.read_text())["rows"]} \
+        if previous.exists() else {}
+    missing = [(t, s) for s in seeds for t in tasks if (t, s) not in earlier]
+    if args.auto_only and missing:
+        parser.error(f"--auto-only keeps the grid of earlier rows, and {name}.json has none for {missing}")
     start, rows = time.perf_counter(), []
     with tempfile.TemporaryDirectory(prefix="auto_suite_") as tmp:
         for seed in seeds:
             for task in tasks:
-                rows.append(run_task(task, args.quick, seed, limit_ok, Path(tmp) / f"seed{seed}"))
-    name = "auto_suite" + ("_quick" if args.quick else "")
-    previous = RESULTS / f"{name}.json"
+                rows.append(run_task(task, args.quick, seed, limit_ok, Path(tmp) / f"seed{seed}",
+                                     kept=earlier[(task, seed)] if args.auto_only else None))
     if previous.exists():  # a partial run replaces its own (task, seed) rows and keeps the others
         done = {(r["task"], r["seed"]) for r in rows}
         rows = [r for r in json.loads(previous.read_text())["rows"] if (r["task"], r.get("seed", 0)) not in done] \

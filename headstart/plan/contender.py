@@ -5,8 +5,16 @@ regression on raw pixels scored 12.6 points above auto's fine-tuned EfficientNet
 pixels predicted the rotation angle of digits better than any fine-tuning (bench/auto_suite.py). No signal
 measured before training predicted which side wins (a pixel linear probe against the pretrained one was 8
 points ahead on a task where fine-tuning won), so the check comes after training: a well-tuned linear model
-on the image pooled to a grid (`pixels:16` or `pixels:32`) is fitted on the training split, and where it
-beats the trained model on val by more than twice the score's standard error, auto ships it and says why.
+on the image pooled to a grid (`pixels:16` or `pixels:32`) is fitted on the training split, and where its
+5-fold cross-validated score on the training split beats the trained model's val score by more than the
+cross-validated score's standard error, auto ships it and says why.
+
+Why cross-validation on train and not the contender's val score: its side and L2 strength are the best of 8
+fits on val, and val holds 50-150 images, so its val score ran 3 to 17 points above its test score on the
+suite's image tasks (bench/results/contender_evidence.md), while the cross-validated score, on 4-10x as many
+images, stayed within 3 points of it. Judged on val, the pixels were shipped once where they scored 6.5 points
+below the trained model on test, and kept out once where they scored 8 points above it; judged by their
+cross-validated score, neither.
 
 The linear model is fitted, not trained by SGD: logistic regression (L-BFGS) or ridge regression (closed
 form) on centred features scaled by one common factor, its L2 strength chosen on val from a short grid. The
@@ -44,6 +52,7 @@ PIXEL_GRIDS = (16, 32)
 # L2 strengths tried, on standardised features (a mean loss + l2/2 |W|^2; ridge: + l2 |W|^2): the best were
 # 0.01 to 1 for blurred clothing and 0.01 for the rotation angle of digits.
 L2_GRID = (1.0, 0.1, 0.01, 0.001)
+FOLDS = 5  # cross-validation of the chosen side and L2 on the training split: the evidence that judges
 TRANSFER_DIR = "transfer"  # where a run that ships the contender keeps the trained model's bundle and test metrics
 
 
@@ -52,7 +61,9 @@ class Contender:
     model: TransferModel
     l2: float
     val_metrics: dict[str, float]  # as the run logs them: val/<metric>
-    monitor: str  # the run's best-epoch metric, which judges
+    monitor: str  # the run's best-epoch metric: the contender is judged by it
+    cv_score: float  # the monitor on the training split, each sample predicted by a fit on the other folds
+    n_train: int
     metric_names: list[str]
     positive: int | None = None  # the class train.metric f1 scores
     threshold: float | None = None  # its decision threshold, chosen on val
@@ -105,8 +116,20 @@ def fit_ridge(x: torch.Tensor, y: torch.Tensor, l2: float) -> torch.Tensor:
     return torch.cat([w, (ymean - x.mean(0) @ w)[None]], 0)
 
 
-def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, task: str, num_outputs: int, val_score: Callable[[torch.Tensor], float]
-               ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+def fit_standardised(x: torch.Tensor, y: torch.Tensor, task: str, num_outputs: int, l2: float,
+                     init: torch.Tensor | None = None) -> torch.Tensor:
+    """Ridge (regression) or logistic regression (classification) on standardised features: (D + 1, K)."""
+    if task == "regression":
+        return fit_ridge(x, y.float().reshape(len(y), -1), l2)
+    return fit_logistic(x, y.long(), num_outputs, l2, init=init)
+
+
+def with_bias(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+
+
+def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, task: str, num_outputs: int,
+               val_score: Callable[[torch.Tensor], float]) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """The linear model (weight (K, D), bias (K,)) on raw features whose L2 strength scores best on val
     (`val_score(outputs)`, higher is better); returns (weight, bias, l2, its val score)."""
     mean, std = standardise(train_x.double())
@@ -114,12 +137,8 @@ def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
     x, xv = ((train_x.double() - mean) / std).float(), ((val_x.double() - mean) / std).float()
     best, w = None, None
     for l2 in sorted(L2_GRID, reverse=True):  # strong to weak: each logistic fit starts from the last one
-        if task == "regression":
-            y = train_y.float().reshape(len(train_y), -1)
-            w = fit_ridge(x, y, l2)
-        else:
-            w = fit_logistic(x, train_y.long(), num_outputs, l2, init=w)
-        score = val_score(torch.cat([xv, torch.ones(len(xv), 1)], 1) @ w)
+        w = fit_standardised(x, train_y, task, num_outputs, l2, init=w)
+        score = val_score(with_bias(xv) @ w)
         if best is None or score > best[0]:
             best = (score, l2, w)
     score, l2, w = best
@@ -130,6 +149,40 @@ def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
     return weight.T.float().contiguous(), bias.float(), l2, score
 
 
+def fold_of(targets: torch.Tensor, task: str, folds: int = FOLDS) -> torch.Tensor:
+    """Each sample's fold (0..folds-1), drawn by a fixed seed of its own (the run's random stream is left
+    alone); for classification, each class spread evenly over the folds."""
+    g = torch.Generator().manual_seed(0)
+    fold = torch.empty(len(targets), dtype=torch.long)
+    groups = [torch.arange(len(targets))] if task == "regression" else \
+        [torch.nonzero(targets == c).flatten() for c in torch.unique(targets)]
+    start = 0  # each class starts where the last ended, so small classes do not all land in fold 0
+    for members in groups:
+        order = members[torch.randperm(len(members), generator=g)]
+        fold[order] = (torch.arange(len(order)) + start) % folds
+        start += len(order)
+    return fold
+
+
+def out_of_fold(x: torch.Tensor, y: torch.Tensor, task: str, num_outputs: int, l2: float, weight: torch.Tensor,
+                bias: torch.Tensor, folds: int = FOLDS) -> torch.Tensor:
+    """Outputs for every training sample from the linear model at strength `l2` fitted on the other folds.
+    Each logistic fit starts from the model fitted on all of them (`weight`, `bias`), which is the same
+    function written in the fold's standardised coordinates: about 3x fewer L-BFGS iterations."""
+    fold = fold_of(y, task, folds)
+    outputs = torch.empty(len(x), num_outputs)
+    for k in range(folds):
+        held = fold == k
+        if not held.any() or held.all():
+            continue
+        mean, std = standardise(x[~held].double())
+        init = torch.cat([weight.T.double() * std, (bias.double() + mean @ weight.T.double())[None]]).float()
+        xs = ((x.double() - mean) / std).float()
+        w = fit_standardised(xs[~held], y[~held], task, num_outputs, l2, init=init)
+        outputs[held] = with_bias(xs[held]) @ w
+    return outputs
+
+
 def grey_copies(x: torch.Tensor, channels: int) -> bool:
     """Whether pooled pixel features (N, channels * side * side) hold the same values in every channel."""
     per_channel = x.reshape(len(x), channels, -1)
@@ -138,7 +191,8 @@ def grey_copies(x: torch.Tensor, channels: int) -> bool:
 
 def raw_input_contender(model: TransferModel, data, train, *, batch_size: int = 256) -> Contender:
     """`pixels:<side>` with a linear head fitted on the training split, its side and L2 chosen on val by the run's
-    own best-epoch metric (``val/accuracy``, ``val/mse``, ...; `train` is the run's validated train config)."""
+    own best-epoch metric (``val/accuracy``, ``val/mse``, ...; `train` is the run's validated train config),
+    and that metric cross-validated on the training split at the chosen side and L2."""
     monitor, _ = monitored_metric(model.task, train.early_stopping, train.metric)
     metric_names = default_metrics(model.task, model.num_outputs)
     metric_names += [train.metric] if train.metric not in metric_names and model.task == "classification" else []
@@ -170,11 +224,11 @@ def raw_input_contender(model: TransferModel, data, train, *, batch_size: int = 
         used = {k: v[:, :side ** 2] for k, v in feats.items()} if grey else feats
         fitted = fit_linear(used["train"], data.train.targets, used["val"], model.task, model.num_outputs,
                             lambda out: sign * scores(out)[monitor])
-        if grey:
-            fitted = (fitted[0].repeat(1, channels) / channels, *fitted[1:])
         if best is None or fitted[3] > best[1][3]:
-            best = (candidate, fitted, feats["val"])
-    contender, (weight, bias, l2, _), val_x = best
+            best = (candidate, fitted, feats["val"], used["train"], channels if grey else 1)
+    contender, (weight, bias, l2, _), val_x, train_x, copies = best
+    held_out = out_of_fold(train_x, data.train.targets, model.task, model.num_outputs, l2, weight, bias)
+    weight = weight.repeat(1, copies) / copies  # grey pictures: one channel's weights spread over the copies
     layer = contender.head[-1]  # a linear head: (Dropout,) Linear
     with torch.no_grad():
         layer.weight.copy_(weight)
@@ -186,39 +240,39 @@ def raw_input_contender(model: TransferModel, data, train, *, batch_size: int = 
         threshold = best_threshold(outputs, data.val.targets, positive)
         contender.set_decision(positive, threshold)
     val = scores(outputs, threshold)
-    return Contender(contender, l2, val, monitor, metric_names, positive, threshold)
+    cv = compute_metrics(held_out, data.train.targets, [monitor.removeprefix("val/")], prefix="val/",
+                         positive=positive, threshold=threshold)[monitor]
+    return Contender(contender, l2, val, monitor, cv, len(data.train), metric_names, positive, threshold)
 
 
-def contender_wins(mine: float, theirs: float, monitor: str, n_val: int) -> tuple[bool, float]:
-    """(switch?, margin): the contender must beat the trained model's val score by more than twice the
-    score's standard error (a proportion's, for a classification metric). Twice, not once as auto's race
-    asks: the contender's own val score is the best of 8 fits (grid sides x L2) chosen on that same val
-    split, so it starts optimistic. With one standard error, pixels that led 0.86 to 0.76 on 50 val images
-    of 20-per-class Fashion-MNIST were shipped, and scored 0.742 on test against the trained model's 0.775.
-    For val/mse: a tenth below the trained model's (the suite's rotation task: ridge 0.011 against fine-tuning's
-    0.021 on val)."""
+def contender_wins(mine: float, theirs: float, monitor: str, n_train: int) -> tuple[bool, float]:
+    """(switch?, margin): the contender's cross-validated score (`theirs`, on `n_train` samples) must beat the
+    trained model's val score by more than its own standard error (a proportion's, for a classification
+    metric), so a lead within the noise of its estimate keeps the trained model. No more than that: the
+    trained model's score is its best epoch's on val, which leans its way already. For val/mse and val/mae:
+    a tenth below the trained model's (the suite's rotation task: ridge 0.011 against fine-tuning's 0.021)."""
     if monitor in ("val/mse", "val/mae"):
         margin = 0.1 * mine
         return theirs < mine - margin, margin
-    p = min(max((mine + theirs) / 2, 0.05), 0.95)
-    margin = 2 * proportion_se(p, n_val)
+    margin = proportion_se(min(max(theirs, 0.05), 0.95), n_train)
     return theirs > mine + margin, margin
 
 
 def settle(contender: Contender, result: RunResult, data, *, writes: bool = True) -> dict[str, Any]:
-    """Judge the contender against the run's best epoch on val; where it wins, ship it: the trained model's
+    """Judge the contender's cross-validated score against the run's best epoch on val; where it wins, ship it: the trained model's
     bundle and test metrics move to `transfer/` in the run folder, the contender's bundle becomes `best/`, and
     its test metrics and outputs replace the run's (`result` is updated in place). Returns the record for
     auto.json."""
     monitor = contender.monitor
-    mine, theirs = result.best_metrics.get(monitor), contender.val_metrics[monitor]
+    mine, theirs = result.best_metrics.get(monitor), contender.cv_score
     record = {"model": f"{contender.model.spec.source} + linear head "
                        f"({'ridge' if contender.model.task == 'regression' else 'logistic'} regression, "
-                       f"l2 {contender.l2:g}, fitted)", "metric": monitor, "val_score": round(theirs, 4),
+                       f"l2 {contender.l2:g}, fitted)", "metric": monitor, "cv_score": round(theirs, 4),
+              "folds": FOLDS, "val_score": round(contender.val_metrics[monitor], 4),
               "trained_val_score": None if mine is None else round(mine, 4), "shipped": False}
     if mine is None or not math.isfinite(mine):
         return record
-    wins, margin = contender_wins(mine, theirs, monitor, len(data.val))
+    wins, margin = contender_wins(mine, theirs, monitor, contender.n_train)
     record["margin"] = round(margin, 4)
     if not wins:
         return record
@@ -249,13 +303,16 @@ def settle(contender: Contender, result: RunResult, data, *, writes: bool = True
 
 def explain(record: dict[str, Any], strategy: str) -> str:
     """auto's reason for keeping or replacing the trained model."""
-    theirs, mine = record["val_score"], record["trained_val_score"]
+    mine, metric = record["trained_val_score"], record["metric"]
+    theirs = (f"{record['model']} ({metric.removeprefix('val/')} {record['cv_score']:.3f} in {record['folds']}-fold "
+              f"cross-validation on the training split, {record['val_score']:.3f} on val where its grid and L2 "
+              f"were chosen)")
     if record["shipped"]:
-        return (f"transfer did not help: {record['model']} scored {record['metric']} {theirs:.3f} against the "
-                f"trained {strategy} model's {mine:.3f} (a switch needs more than {record['margin']:.3f}); shipped "
-                f"it as best/ (the trained model is in {TRANSFER_DIR}/)")
-    return (f"kept the trained {strategy} model ({record['metric']} {mine if mine is None else round(mine, 3)}) over "
-            f"{record['model']} ({theirs:.3f})")
+        return (f"transfer did not help: {theirs} against the trained {strategy} model's {mine:.3f} on val (a "
+                f"switch needs more than {record['margin']:.3f}); shipped it as best/ (the trained model is in "
+                f"{TRANSFER_DIR}/)")
+    return (f"kept the trained {strategy} model ({metric} {mine if mine is None else round(mine, 3)}) over "
+            f"{theirs}")
 
 
 def unsettle(run_dir: str | Path) -> None:
