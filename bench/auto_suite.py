@@ -508,7 +508,10 @@ def table(rows: list[dict], quick: bool) -> str:
                 "means ± sample standard deviations, and its gaps the mean of the per-seed differences ± their "
                 "standard error (the seeds pair the contenders on one data sample); its best cell is the cell "
                 "with the best mean among those within the wall limit on every seed, and its wall time is the "
-                "worst seed's." if several else ""), "",
+                "worst seed's." if several else "")
+             + (" Rows marked * ran auto alone (--auto-only), later than their grid cells and baseline, which are "
+                "kept from the earlier run (they do not depend on auto's code)."
+                if any(r.get("grid_kept") for r in rows) else ""), "",
              "| task | train | metric | budget | seeds | auto pick | auto | auto wall (x budget) | best in-budget cell "
              "(metric, wall) | auto - best | baseline | auto - baseline |",
              "|---|---:|---|---:|---:|---|---:|---:|---|---:|---:|---:|"]
@@ -524,7 +527,8 @@ def table(rows: list[dict], quick: bool) -> str:
                                            f"{best['metric']:.3f}, {best['wall_s']:.0f}s")
         base_s = with_sd(t["baseline"], t["baseline_sd"]) + \
             (f" ({t['baseline_mse']:.3f})" if t["baseline_mse"] is not None else "")
-        lines.append(f"| {r['task']} | {r['train_items']} | {metric} | {r['budget_s']:.0f}s | "
+        kept = "*" if any(x.get("grid_kept") for x in g) else ""
+        lines.append(f"| {r['task']}{kept} | {r['train_items']} | {metric} | {r['budget_s']:.0f}s | "
                      f"{','.join(map(str, t['seeds']))} | {picks_s} | {a} | {t['wall_s']:.0f}s "
                      f"({t['wall_over_budget']:.2f}x) | {best_s} | {gap(t['gap'], t['gap_se'])} | {base_s} | "
                      f"{gap(t['vs_baseline'], t['vs_baseline_se'])} |")
