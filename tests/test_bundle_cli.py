@@ -181,3 +181,24 @@ def test_evaluate_and_fit_skip_a_bounded_share_of_unreadable_images(tmp_path):
     assert res.exit_code == 2 and "--max-bad-fraction" in res.output, res.output
     res = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "imgs")])
     assert res.exit_code == 0 and "imgs/accuracy" in res.output, res.output
+
+
+def run_python(code: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_the_command_line_exits_with_its_code_and_output_and_waits_for_a_write_in_flight(tmp_path):
+    done = run_python("from headstart.cli import leave; print('written', end=''); leave(3)")
+    assert (done.returncode, done.stdout) == (3, "written")  # buffered output survives the quick exit
+    said = run_python("from headstart.cli import leave; leave('error: no such run')")
+    assert said.returncode == 1 and "no such run" in said.stderr
+    late = tmp_path / "late.txt"
+    code = ("import threading, time; from headstart.cli import leave\n"
+            f"threading.Thread(target=lambda: (time.sleep(0.5), open({str(late)!r}, 'w').write('x'))).start()\n"
+            "leave(0)")
+    assert run_python(code).returncode == 0 and late.read_text() == "x"  # the thread finished first
+    helped = run_python("import sys; sys.argv = ['headstart', '--help']; from headstart.cli import main; main()")
+    assert helped.returncode == 0 and "fit" in helped.stdout
