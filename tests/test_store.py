@@ -133,6 +133,27 @@ def test_added_files_extend_changed_and_removed_files_rebuild(tmp_path, monkeypa
     assert_same(data, load(root, tmp_path, store="memory"))
 
 
+def test_chunks_that_finished_beside_a_failed_one_are_handed_over_before_its_error(monkeypatch):
+    from concurrent.futures import wait
+
+    def decode(start):
+        if start == 2:
+            raise RuntimeError("killed")
+        return {"start": start}
+
+    def failures_first(futures):  # as_completed may yield a failure before a chunk that finished earlier
+        wait(futures)
+        return sorted(futures, key=lambda f: f.exception() is None)
+
+    monkeypatch.setattr(st, "_decode_chunk", decode)
+    monkeypatch.setattr(st, "as_completed", failures_first)
+    handed = []
+    with pytest.raises(RuntimeError, match="killed"):
+        for result in st._run_chunks([(0,), (1,), (2,)], workers=0):
+            handed.append(result["start"])
+    assert sorted(handed) == [0, 1]
+
+
 def test_a_build_that_fails_midway_never_reads_complete_and_resumes(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "pets", per_class=10)
     monkeypatch.setattr(st, "CHUNK", 10)  # 3 chunks: decoded by threads of this process

@@ -212,8 +212,18 @@ def _run_chunks(jobs: list[tuple], workers: int | None) -> Iterator[dict]:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
     with pool:
         futures: list[Future] = [pool.submit(_decode_chunk, *job) for job in jobs]
+        handed: set[Future] = set()
         try:
             for f in as_completed(futures):
+                if f.exception() is not None:
+                    # Chunks that finished beside the failed one are handed over first, so the journal keeps
+                    # them: as_completed may yield the failure before a chunk that finished earlier.
+                    for other in futures:
+                        if other not in handed and other.done() and not other.cancelled() and other.exception() is None:
+                            handed.add(other)
+                            yield other.result()
+                    f.result()  # raises the chunk's error
+                handed.add(f)
                 yield f.result()
         finally:
             for f in futures:
