@@ -627,10 +627,8 @@ def main() -> None:
             for task in tasks:
                 rows.append(run_task(task, args.quick, seed, limit_ok, Path(tmp) / f"seed{seed}",
                                      kept=earlier[(task, seed)] if args.auto_only else None))
-    if previous.exists():  # a partial run replaces its own (task, seed) rows and keeps the others
-        done = {(r["task"], r["seed"]) for r in rows}
-        rows = [r for r in json.loads(previous.read_text())["rows"] if (r["task"], r.get("seed", 0)) not in done] \
-            + rows
+    done = {(r["task"], r["seed"]) for r in rows}  # a partial run replaces its own (task, seed) rows
+    rows = [r for key, r in earlier.items() if key not in done] + rows
     rows.sort(key=lambda r: (list(TASKS).index(r["task"]), r.get("seed", 0)))
     record = {"machine": machine(), "quick": args.quick, "seeds": sorted({r.get("seed", 0) for r in rows}),
               "seconds_this_run": round(time.perf_counter() - start, 1), "grid": GRID, "rows": rows}

@@ -85,7 +85,8 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
         budget = parse_budget(chosen.budget)
         until = started + budget if budget is not None else None
         planned = validate_config({"train": {**train, "lr": None}}).train
-        # Fitted and cross-validated before choosing (1-5 s), so the budget's clock has charged it when the epochs are planned.
+        # Fitted and cross-validated before choosing (1-5 s), so the budget's clock has charged it when the
+        # epochs are planned.
         contender = raw_input_contender(model, data, planned) if contender_applies(model, data) else None
         # Timed and planned at the schedule full fine-tuning would get (the planner fits the epochs to the budget).
         timing, _ = with_schedule(train_settings(planned), model.spec.modality, len(data.train), "full")

@@ -63,7 +63,6 @@ class Contender:
     val_metrics: dict[str, float]  # as the run logs them: val/<metric>
     monitor: str  # the run's best-epoch metric: the contender is judged by it
     cv_score: float  # the monitor on the training split, each sample predicted by a fit on the other folds
-    n_train: int
     metric_names: list[str]
     positive: int | None = None  # the class train.metric f1 scores
     threshold: float | None = None  # its decision threshold, chosen on val
@@ -243,7 +242,7 @@ def raw_input_contender(model: TransferModel, data, train, *, batch_size: int = 
     val = scores(outputs, threshold)
     cv = compute_metrics(held_out, data.train.targets, [monitor.removeprefix("val/")], prefix="val/",
                          positive=positive, threshold=threshold)[monitor]
-    return Contender(contender, l2, val, monitor, cv, len(data.train), metric_names, positive, threshold)
+    return Contender(contender, l2, val, monitor, cv, metric_names, positive, threshold)
 
 
 def contender_wins(mine: float, theirs: float, monitor: str, n_train: int) -> tuple[bool, float]:
@@ -273,7 +272,7 @@ def settle(contender: Contender, result: RunResult, data, *, writes: bool = True
               "trained_val_score": None if mine is None else round(mine, 4), "shipped": False}
     if mine is None or not math.isfinite(mine):
         return record
-    wins, margin = contender_wins(mine, theirs, monitor, contender.n_train)
+    wins, margin = contender_wins(mine, theirs, monitor, len(data.train))
     record["margin"] = round(margin, 4)
     if not wins:
         return record
