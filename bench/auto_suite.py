@@ -320,6 +320,7 @@ def worker(args) -> None:
                             task="regression", image_size=args.image_size)
     extra = ({"budget": f"{args.budget}s"} if args.strategy == "auto" else
              {"time_limit": args.budget} if args.time_limit else {})
+    extra.update({"solver": args.solver} if args.solver else {})  # bench/linear_probe_fit.py
     hs.fit(model, data, args.strategy, out=args.out, cache_dir=args.cache_dir, seed=args.seed, **extra)
     print(json.dumps({"ok": True}))
 
@@ -596,7 +597,7 @@ def main() -> None:
                         help="run auto alone; each (task, seed) keeps the grid cells and baseline of its row in the "
                              "results file (they do not depend on auto's code)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    for hidden in ("--npz", "--strategy", "--out", "--cache-dir"):
+    for hidden in ("--npz", "--strategy", "--out", "--cache-dir", "--solver"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)  # the worker's run
     parser.add_argument("--image-size", type=int, help=argparse.SUPPRESS)

@@ -155,7 +155,7 @@ def worker_fit(a) -> dict:
     model = hs.create_model(WEIGHTS[0], weights=WEIGHTS[1], image_size=IMAGE_SIZE)
     t = time.perf_counter()
     run = hs.fit(model, data, "linear-probe", epochs=1, batch_size=256, progress=False, cache="on",
-                 cache_dir=str(Path(a.store_dir) / "features"), out=str(Path(a.store_dir) / "run-probe"))
+                 solver="sgd", cache_dir=str(Path(a.store_dir) / "features"), out=str(Path(a.store_dir) / "run-probe"))
     store_bytes = sum(f.stat().st_size for p in stores_of(a.dir, a.store_dir) for f in p.iterdir())
     return {"decoded_by_second_process": len(decoded), "open_seconds": open_s, "fit_seconds": time.perf_counter() - t,
             "val_accuracy": run.best_metrics.get("val/accuracy"), "peak_rss_mb": peak_rss_mb(),

@@ -67,7 +67,9 @@ def write_report(run_dir: str | Path, data: DataSplits | None = None, *, module:
                                                           "training and validation loss and metrics by epoch"))
     lrs = [(r["epoch"], r["lr"]) for r in history if isinstance(r.get("lr"), (int, float))]
     page.section("lr", "Learning rate", page.figure("lr", lr_figure(lrs), "learning rate at the end of each epoch")
-                 if lrs else note("no learning rate was logged (metrics.jsonl has no lr column)."))
+                 if lrs else note("the head was fitted in one pass (strategy.solver fit), at no learning rate."
+                                  if any("head_l2" in r for r in history) else
+                                  "no learning rate was logged (metrics.jsonl has no lr column)."))
     page.section("strategy", "Strategy and what trains", strategy_html(run, config))
     if (run / DECISION_FILE).is_file():
         page.section("auto", "auto's decision", auto_html(json.loads((run / DECISION_FILE).read_text())))

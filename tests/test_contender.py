@@ -13,7 +13,8 @@ from headstart.config import validate_config
 from headstart.data import from_arrays, make_batcher
 from headstart.errors import HeadstartError
 from headstart.metrics import compute_metrics
-from headstart.plan.contender import TRANSFER_DIR, fit_linear, fit_ridge, raw_input_contender, settle
+from headstart.linear_fit import fit_linear, fit_ridge
+from headstart.plan.contender import TRANSFER_DIR, raw_input_contender, settle
 from headstart.runtime import predict_outputs
 
 TRAIN = validate_config({"train": {}}).train  # the run's train config at its defaults
@@ -62,10 +63,11 @@ def test_logistic_fit_folds_its_standardisation_into_the_layer_and_separates_cla
 
 @pytest.fixture
 def shifted_target_data():
-    """Images whose regression target is their mean brightness: linear in the pixels."""
+    """Images whose regression target is the top-left quarter's brightness less the bottom-right's: linear in
+    the pixels, and out of reach of features pooled over the whole image (the toy CNN's)."""
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(120, 16, 16, 3)).astype(np.uint8)
-    y = x.reshape(120, -1).mean(1).astype(np.float32) / 255.0
+    y = (x[:, :8, :8].reshape(120, -1).mean(1) - x[:, 8:, 8:].reshape(120, -1).mean(1)).astype(np.float32) / 255.0
     return from_arrays(x[:80], y[:80], None, x_val=x[80:100], y_val=y[80:100], x_test=x[100:], y_test=y[100:],
                        name="brightness")
 
@@ -132,7 +134,7 @@ def test_auto_ships_ridge_on_pixels_where_the_target_is_linear_in_them(shifted_t
     assert decision["contender"]["shipped"] and "transfer did not help" in decision["reasons"][-1]
     record = decision["contender"]
     assert record["cv_score"] < record["trained_val_score"] and record["folds"] == 5  # val/mse
-    assert run.test_metrics["test/mse"] < 1e-3  # the mean brightness is a linear function of the pixels
+    assert run.test_metrics["test/mse"] < 1e-3  # the target is a linear function of the pixels
     assert load_model(tmp_path / "r" / "best").spec.source.startswith("pixels:")
     trained = (tmp_path / "r" / TRANSFER_DIR / "best" / "model.safetensors").read_bytes()
     # resuming the finished run judges again from the model it trained, and loses neither model
@@ -163,7 +165,7 @@ def test_the_contender_must_lead_by_the_standard_error_of_its_cross_validated_sc
 
 
 def test_folds_spread_every_class_evenly_and_leave_the_run_random_stream_alone():
-    from headstart.plan.contender import fold_of
+    from headstart.linear_fit import fold_of
 
     targets = torch.tensor([0] * 23 + [1] * 7 + [2] * 3)
     state = torch.random.get_rng_state()
@@ -178,7 +180,7 @@ def test_folds_spread_every_class_evenly_and_leave_the_run_random_stream_alone()
 
 
 def test_out_of_fold_outputs_come_from_fits_that_never_saw_the_sample():
-    from headstart.plan.contender import out_of_fold
+    from headstart.linear_fit import out_of_fold
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(60, 200, generator=g)  # more features than samples: any labels can be fitted exactly

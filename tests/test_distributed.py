@@ -23,7 +23,8 @@ from headstart.run.distributed import check_processes, rank_batch_size, without_
 # otherwise normalise by its own half-batch), no augmentation (each rank draws its own), fp32.
 SAME = dict(epochs=3, lr=0.01, batch_size=8, progress=False, precision="fp32", augment=False, bn="frozen")
 STRATEGIES = {"full": {}, "partial": {"trainable": "last:1"}, "lp-ft": {"lp_epochs": 1},
-              "lora": {"lora_r": 2, "cache": "off"}, "linear-probe": {}}  # linear-probe: on cached features
+              "lora": {"lora_r": 2, "cache": "off"},
+              "linear-probe": {"solver": "sgd"}}  # on cached features, by epochs (a fitted head is single-process)
 
 PREAMBLE = """
 import json, os, sys, torch

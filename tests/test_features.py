@@ -79,7 +79,7 @@ def test_cached_and_uncached_linear_probes_learn_the_same_head(tiny_data, tmp_pa
     for cache in ("on", "off"):
         torch.manual_seed(0)
         model = hs.create_model("toy:cnn", 3)
-        run = hs.fit(model, tiny_data, "linear-probe", epochs=3, lr=0.05, batch_size=8, augment=False,
+        run = hs.fit(model, tiny_data, "linear-probe", epochs=3, lr=0.05, batch_size=8, augment=False, solver="sgd",
                      precision="fp32", cache=cache, cache_dir=str(tmp_path / "cache"), progress=False,
                      out=tmp_path / cache)
         heads.append(model.head.state_dict())

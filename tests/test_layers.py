@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "headstart"
 LAYERS = [
     ["errors"],
     ["registry", "options", "atomic", "runtime"],
-    ["backbones", "fold", "heads", "metrics"],
+    ["backbones", "fold", "heads", "metrics", "linear_fit"],
     ["data", "features", "adapters"],
     ["model"],
     ["objectives", "bundle"],

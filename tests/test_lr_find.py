@@ -81,7 +81,7 @@ def test_the_known_good_range_is_what_training_says(optimizer, tmp_path):
 
     def val_loss(lr):
         run = hs.fit(logistic_regression(), data, "linear-probe", out=tmp_path / f"{lr:g}", lr=lr,
-                     optimizer=optimizer, **REGRESSION)
+                     optimizer=optimizer, solver="sgd", **REGRESSION)
         return run.history[-1]["val/loss"]
 
     best = val_loss((lo * hi) ** 0.5)

@@ -206,7 +206,7 @@ def test_the_kept_epoch_is_near_the_best_accuracy_with_the_lowest_loss_there(tin
 
 def test_early_stopping_stops_when_the_metric_stalls(tiny_data, tmp_path):
     model = hs.create_model("toy:cnn", 3)
-    run = hs.fit(model, tiny_data, "linear-probe", epochs=6, lr=1e-9, out=tmp_path / "r",
+    run = hs.fit(model, tiny_data, "linear-probe", epochs=6, lr=1e-9, solver="sgd", out=tmp_path / "r",
                  early_stopping={"metric": "val/loss", "mode": "min", "patience": 1}, scheduler="constant", **FAST)
     # lr ~ 0: the loss cannot keep improving, so the run stops well before 6 epochs.
     assert run.stopped_early and len(run.history) < 6

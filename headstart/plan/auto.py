@@ -57,6 +57,7 @@ from ..errors import ConfigError
 from ..features import cached_features
 from ..run.deadline import finish_seconds, parse_duration
 from ..run.selection import proportion_se
+from ..run.head_fit import MAX_FIT_ENTRIES
 from ..run.settings import TrainSettings, with_schedule
 from ..runtime import inference_placement
 from .throughput import measure_throughput
@@ -65,6 +66,9 @@ from .transferability import linear_probe_proxy
 # A training step of a head on cached features is Python overhead (objective, backward, AdamW, schedule):
 # 0.7 ms here for the toy CNN's head, about 1 ms for a 1280-feature one.
 HEAD_STEP_S = 1e-3
+# A linear probe's fitted head (run/head_fit.py): seconds per training sample x feature x output of its L2 path
+# (1,000 x 1,280 x 10 EfficientNet-Lite0 features of Fashion-MNIST: 0.5 s; 500 OpenCV digits: 0.3 s).
+HEAD_FIT_S = 5e-8
 # A run's first training steps build oneDNN's kernels: about this many steps' time over the timed rate (LP-FT
 # on the toy task of tests/test_budget.py pays it when its fine-tuning phase starts).
 WARMUP_STEPS = 3
@@ -146,6 +150,7 @@ class Signals:
     batch_size: int | None = None  # the batch the steps were timed at
     cached_steps: tuple[str, ...] = ()  # kinds that train on cached activations of their frozen layers
     task: str = "classification"  # or "regression", "multilabel" (from the targets)
+    num_features: int = 0  # the backbone's pooled features (a fitted head's cost grows with them)
 
 
 @dataclass
@@ -176,9 +181,9 @@ def estimates(s: Signals, epochs: float) -> dict[str, float]:
     `epochs` may end inside an epoch (a run capped by train.max_steps): each epoch begun pays its validation.
 
     Every candidate pays a validation pass per epoch and the finish: the test pass (whose outputs the report
-    reuses) and the fixed costs of the bundle and the report. The linear probe and LP-FT's
-    first phase run on cached features; the training features are cached already when the shift signal was
-    measured. LoRA's step, when not timed, is charged as a full one (on a CPU it is not cheaper).
+    reuses) and the fixed costs of the bundle and the report. The linear probe (its head fitted in one pass)
+    and LP-FT's first phase run on cached features; the training features are cached already when the shift
+    signal was measured. LoRA's step, when not timed, is charged as a full one (on a CPU it is not cheaper).
     """
     if s.eval_s is None or s.extract_s is None or not s.step_s:
         return {}
@@ -186,6 +191,9 @@ def estimates(s: Signals, epochs: float) -> dict[str, float]:
     finish = s.n_test * s.eval_s + finish_seconds(s.params_m)
     features = (0.0 if s.probe_accuracy is not None else s.n_train * s.extract_s) + s.n_val * s.extract_s
     head_epoch = math.ceil(s.n_train / (s.batch_size or 32)) * HEAD_STEP_S  # a step on cached features
+    # The linear probe's head is fitted where its problem is convex (run/head_fit.py), else trained by epochs.
+    fitted = s.task in ("classification", "regression") and s.n_train * s.num_features <= MAX_FIT_ENTRIES
+    probe_head = s.n_train * s.num_features * max(s.num_classes, 1) * HEAD_FIT_S if fitted else epochs * head_epoch
 
     def train(kind: str, e: float) -> float:
         step = s.step_s.get(kind, s.step_s["full"])
@@ -197,7 +205,7 @@ def estimates(s: Signals, epochs: float) -> dict[str, float]:
             return extract + e * s.n_train * step + math.ceil(e) * s.n_val * step / 3 + warmup
         return e * s.n_train * step + math.ceil(e) * val + warmup
 
-    return {"linear-probe": features + epochs * head_epoch + finish,
+    return {"linear-probe": features + probe_head + finish,
             "partial": train("partial", epochs) + finish,
             "lp-ft": features + head_epoch + train("full", max(math.ceil(epochs) - 1, 1)) + finish,
             "full": train("full", epochs) + finish,
@@ -341,7 +349,8 @@ def measure(model, data, *, seed: int = 0, cache_dir=None, max_probe: int = 4000
     per_class = float(counts[counts > 0].median()) if counts is not None else float(len(train))
     s = Signals(len(train), len(data.val) if data.val is not None else 0, len(data.classes), per_class,
                 sum(p.numel() for p in model.backbone.parameters()) / 1e6, model.spec.modality,
-                n_test=len(data.test) if data.test is not None else 0, task=model.task)
+                n_test=len(data.test) if data.test is not None else 0, task=model.task,
+                num_features=model.spec.num_features)
     if timing is not None:
         kinds = {"full": ("full", {}), "partial": ("partial", partial_options(s.modality))}
         if s.modality == "text" and s.params_m > 80:

@@ -31,6 +31,7 @@ from .distributed import check_processes, check_same_start, rank_batch_size
 from .sharding import check_fsdp, full_optimizer_state, full_state, load_full_state, shard
 from .dropout import install as install_fast_dropout
 from .folder import TEST_FILE, RunFolder, read_metrics
+from .head_fit import fit_head, head_solver
 from .inputs import EpochInputs
 from .loop import BadSteps, evaluate_split, evaluate_target, score_outputs, train_epoch
 from .optim import build_optimizer, build_scheduler, regroup
@@ -105,6 +106,11 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
     world = accelerator.num_processes
     if world > 1:
         check_same_start(start_epoch, device)
+    solver = head_solver(strategy, model, data, objective, s, world)
+    if solver.fits:  # one fit is the whole run
+        s = replace(s, epochs=1, max_steps=None)
+    # A fitted head has no learning rates or schedule to report: its line replaces them.
+    rates = solver.why if solver.fits else f"{rates}\n{solver.why}" if solver.why else rates
     if s.fsdp:  # shard before the optimizer is built: fully_shard replaces the parameters
         check_fsdp(strategy, model, s, world, objective)
         shard(model.to(device))
@@ -123,8 +129,8 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
     objective = objective.with_terms(strategy.regularizers(model))  # before any resume: L2-SP's w0 is pretrained
     tasks = tasks_of(data)
     multitask = tasks is not None
-    kept = BestEpoch(*monitored_metric(model.task, s.early_stopping, s.metric, tuple(t.kind for t in tasks or ())),
-                     len(data.val))
+    selection = monitored_metric(model.task, s.early_stopping, s.metric, tuple(t.kind for t in tasks or ()))
+    kept = BestEpoch(*selection, len(data.val))
     bad_epochs, stopped, bad_steps = 0, False, BadSteps(s.max_bad_steps)
     if state:
         bad_epochs, stopped = restore(state, model, optimizer, scheduler, kept, objective, s.fsdp)
@@ -183,14 +189,19 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
             # Frozen parts compute the same thing every epoch: train on their cached outputs where exact.
             plan = inputs.for_epoch(core, compiled, epoch)
             row: dict[str, Any] = {"epoch": epoch + 1}
-            with depthwise_in_fp32(core, enabled=compute.pinned):
-                row.update(train_epoch(plan.step_model, core, objective, optimizer, scheduler, plan.train,
-                                       epoch=epoch, batch_size=rank_batch, grad_accum=s.grad_accum,
-                                       clip_grad_norm=s.clip_grad_norm, bf16=compute.bf16_train and not plan.head_only,
-                                       channels_last=compute.channels_last, seed=s.seed, accelerator=accelerator,
-                                       progress=progress_bar(show, f"epoch {epoch + 1}/{s.epochs}"),
-                                       bad_steps=bad_steps, deadline=deadline,
-                                       max_batches=(total_steps - epoch * steps) * s.grad_accum))
+            if solver.fits:  # the head's L2 chosen on val by the rule that picks epochs
+                row.update(fit_head(core, plan.train, plan.val, objective, BestEpoch(*selection, len(data.val)),
+                                    metric_names, evaluate.get("positive")))
+            else:
+                with depthwise_in_fp32(core, enabled=compute.pinned):
+                    row.update(train_epoch(plan.step_model, core, objective, optimizer, scheduler, plan.train,
+                                           epoch=epoch, batch_size=rank_batch, grad_accum=s.grad_accum,
+                                           clip_grad_norm=s.clip_grad_norm,
+                                           bf16=compute.bf16_train and not plan.head_only,
+                                           channels_last=compute.channels_last, seed=s.seed, accelerator=accelerator,
+                                           progress=progress_bar(show, f"epoch {epoch + 1}/{s.epochs}"),
+                                           bad_steps=bad_steps, deadline=deadline,
+                                           max_batches=(total_steps - epoch * steps) * s.grad_accum))
             row["train_seconds"] = round(time.perf_counter() - t0, 3)
             t_val = time.perf_counter()
             row.update(evaluate_split(plan.eval_model, plan.val, metric_names, "val", objective,
@@ -207,8 +218,9 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
                                            **placement_of(evaluate)))
             row.update(objective.task_weights())  # the weights this epoch trained with
             objective.end_epoch(row)
-            row.update(lr=optimizer.param_groups[-1]["lr"], seconds=round(time.perf_counter() - t0, 3),
-                       inputs=plan.source)
+            if not solver.fits:  # a fitted head had no learning rate
+                row["lr"] = optimizer.param_groups[-1]["lr"]
+            row.update(seconds=round(time.perf_counter() - t0, 3), inputs=plan.source)
             writer.check()  # a write of the last epoch that failed (a full disk) stops the run now
             # A sharded model's full weights and optimizer state are gathered on every rank (a collective).
             full = (full_state(core), full_optimizer_state(core, optimizer)) if s.fsdp else None

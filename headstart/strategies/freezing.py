@@ -23,12 +23,26 @@ def _last_groups(model, count: int) -> list[str]:
     return [f"backbone.{p}" for g in groups for p in g.params]
 
 
+SOLVERS = ("auto", "fit", "sgd")
+
+
 @STRATEGIES.register("linear-probe")
 class LinearProbe(Strategy):
     """Train only the head; the whole backbone stays frozen and in eval mode (BatchNorm, dropout)."""
 
     name = "linear-probe"
     default_bn = "frozen"
+
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        solver: str = option("auto", "how the head learns: fit (logistic or ridge regression on the cached "
+                                     "features, L2 chosen on val; run/head_fit.py), sgd (epochs), or auto (fit "
+                                     "where that problem is convex)")
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.solver not in SOLVERS:
+                raise ConfigError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
 
     def __init__(self, **options):
         super().__init__(**options)
