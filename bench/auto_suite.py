@@ -6,6 +6,7 @@ baseline.
     python bench/auto_suite.py --tasks bbc,tweets      # some tasks; their rows replace those in the results file
     python bench/auto_suite.py --seeds 1,2             # more seeds: rows kept per (task, seed), tables show means
     python bench/auto_suite.py --auto-only --tasks fmnist --seeds 0,1,2   # auto again; grid cells kept
+    python bench/auto_suite.py --only linear-probe --seeds 0,1,2          # one grid cell again; the rest kept
     python bench/auto_suite.py --quick --tasks digits  # toy sizes, the same code: a smoke test, not a result
 
 Run it on an idle machine, with the allocator setting from the Makefile (GLIBC_TUNABLES). Results:
@@ -251,14 +252,15 @@ def read_run(run: Path) -> dict:
         out["auto"]["speed"] = {k: (d.get("signals") or {}).get(k) for k in ("extract_s", "eval_s", "step_s")}
     cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
     planned = (cfg.get("train") or {}).get("epochs")
-    logged = set()
+    logged, fitted = set(), False
     if (run / "metrics.jsonl").exists():
         for line in (run / "metrics.jsonl").read_text().splitlines():
             row = json.loads(line) if line.strip() else {}
             if "epoch" in row:
                 logged.add(row["epoch"])
+            fitted = fitted or "head_l2" in row  # a linear probe's fitted head: one epoch is the whole run
     out.update(epochs_planned=planned, epochs_logged=len(logged),
-               cut_short=planned is not None and len(logged) < planned)
+               cut_short=planned is not None and len(logged) < planned and not fitted)
     return out
 
 
@@ -381,9 +383,11 @@ def baseline(s: dict, parts: dict) -> dict:
 
 # --------------------------------------------------------------------------------------------- one task
 
-def run_task(task: str, quick: bool, seed: int, limit_ok: bool, root: Path, kept: dict | None = None) -> dict:
+def run_task(task: str, quick: bool, seed: int, limit_ok: bool, root: Path, kept: dict | None = None,
+             only: tuple[str, ...] = ("auto",)) -> dict:
     """Build the task's data, run auto, the grid and the baseline; returns the task's row. With `kept` (an
-    earlier row of the same task and seed), only auto runs, and the grid cells and baseline are kept from it."""
+    earlier row of the same task and seed), only the contenders in `only` run, and the rest of the row (the
+    other contenders and the baseline) is kept from it; the row's `rerun` lists what ran later than the rest."""
     s = {**settings(task, quick), "quick": quick}
     work = root / task
     work.mkdir(parents=True)
@@ -397,14 +401,17 @@ def run_task(task: str, quick: bool, seed: int, limit_ok: bool, root: Path, kept
     if parts["classes"] is not None:
         row["class_counts"] = {c: int((parts["train"][1] == i).sum()) for i, c in enumerate(parts["classes"])}
     contenders = []
-    for strategy in ("auto",) + (GRID if kept is None else ()):
+    for strategy in ("auto",) + GRID if kept is None else [n for n in ("auto",) + GRID if n in only]:
         rec = run_contender(task, s, strategy, paths, work, limit_ok, seed)
         if "error" not in rec:
             rec.update(score(rec.pop("test"), s, y_test))
         contenders.append(rec)
         print(json.dumps({"task": task, **{k: v for k, v in rec.items() if k != "command"}})[:600], flush=True)
     if kept is not None:
-        row.update(auto=contenders[0], grid=kept["grid"], baseline=kept["baseline"], grid_kept=True)
+        new = {c["strategy"]: c for c in contenders}
+        earlier = kept.get("rerun", ["auto"] if kept.get("grid_kept") else [])  # grid_kept: an older --auto-only
+        row.update(auto=new.get("auto", kept["auto"]), grid=[new.get(c["strategy"], c) for c in kept["grid"]],
+                   baseline=kept["baseline"], rerun=sorted(set(earlier) | set(new)))
         return row
     row["auto"], row["grid"] = contenders[0], contenders[1:]
     row["baseline"] = baseline(s, parts)
@@ -510,9 +517,9 @@ def table(rows: list[dict], quick: bool) -> str:
                 "standard error (the seeds pair the contenders on one data sample); its best cell is the cell "
                 "with the best mean among those within the wall limit on every seed, and its wall time is the "
                 "worst seed's." if several else "")
-             + (" Rows marked * ran auto alone (--auto-only), later than their grid cells and baseline, which are "
-                "kept from the earlier run (they do not depend on auto's code)."
-                if any(r.get("grid_kept") for r in rows) else ""), "",
+             + (" Rows marked * ran some contenders again later (--auto-only, --only), keeping the rest of the "
+                "row from the earlier run; the results file lists them under rerun."
+                if any(r.get("rerun") or r.get("grid_kept") for r in rows) else ""), "",
              "| task | train | metric | budget | seeds | auto pick | auto | auto wall (x budget) | best in-budget cell "
              "(metric, wall) | auto - best | baseline | auto - baseline |",
              "|---|---:|---|---:|---:|---|---:|---:|---|---:|---:|---:|"]
@@ -528,7 +535,7 @@ def table(rows: list[dict], quick: bool) -> str:
                                            f"{best['metric']:.3f}, {best['wall_s']:.0f}s")
         base_s = with_sd(t["baseline"], t["baseline_sd"]) + \
             (f" ({t['baseline_mse']:.3f})" if t["baseline_mse"] is not None else "")
-        kept = "*" if any(x.get("grid_kept") for x in g) else ""
+        kept = "*" if any(x.get("rerun") or x.get("grid_kept") for x in g) else ""
         lines.append(f"| {r['task']}{kept} | {r['train_items']} | {metric} | {r['budget_s']:.0f}s | "
                      f"{','.join(map(str, t['seeds']))} | {picks_s} | {a} | {t['wall_s']:.0f}s "
                      f"({t['wall_over_budget']:.2f}x) | {best_s} | {gap(t['gap'], t['gap_se'])} | {base_s} | "
@@ -595,7 +602,10 @@ def main() -> None:
                         help="comma-separated; each seed draws the data sample (and rotations) and seeds every run")
     parser.add_argument("--auto-only", action="store_true",
                         help="run auto alone; each (task, seed) keeps the grid cells and baseline of its row in the "
-                             "results file (they do not depend on auto's code)")
+                             "results file (they do not depend on auto's code); the same as --only auto")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated contenders to run again (from auto, {', '.join(GRID)}); each (task, "
+                             "seed) keeps the rest of its row from the results file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--npz", "--strategy", "--out", "--cache-dir", "--solver"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
@@ -619,15 +629,18 @@ def main() -> None:
     previous = RESULTS / f"{name}.json"
     earlier = {(r["task"], r.get("seed", 0)): r for r in json.loads(previous.read_text())["rows"]} \
         if previous.exists() else {}
+    only = ("auto",) if args.auto_only else tuple(args.only.split(",")) if args.only else None
+    if only is not None and set(only) - {"auto", *GRID}:
+        parser.error(f"--only takes auto and {', '.join(GRID)}; got {sorted(set(only) - {'auto', *GRID})}")
     missing = [(t, s) for s in seeds for t in tasks if (t, s) not in earlier]
-    if args.auto_only and missing:
-        parser.error(f"--auto-only keeps the grid of earlier rows, and {name}.json has none for {missing}")
+    if only is not None and missing:
+        parser.error(f"--auto-only and --only keep the rest of earlier rows, and {name}.json has none for {missing}")
     start, rows = time.perf_counter(), []
     with tempfile.TemporaryDirectory(prefix="auto_suite_") as tmp:
         for seed in seeds:
             for task in tasks:
                 rows.append(run_task(task, args.quick, seed, limit_ok, Path(tmp) / f"seed{seed}",
-                                     kept=earlier[(task, seed)] if args.auto_only else None))
+                                     kept=earlier[(task, seed)] if only is not None else None, only=only or ()))
     done = {(r["task"], r["seed"]) for r in rows}  # a partial run replaces its own (task, seed) rows
     rows = [r for key, r in earlier.items() if key not in done] + rows
     rows.sort(key=lambda r: (list(TASKS).index(r["task"]), r.get("seed", 0)))
