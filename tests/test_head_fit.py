@@ -7,12 +7,14 @@ import pytest
 import torch
 
 import headstart as hs
+from conftest import without_timings
 from headstart.bundle import load_model
 from headstart.data import from_arrays, make_batcher
 from headstart.errors import ConfigError
 from headstart.features import extract_features
 from headstart.linear_fit import L2_GRID, standardise
 from headstart.objectives import balanced_class_weights
+from headstart.run import trainer
 from headstart.runtime import predict_outputs
 
 FAST = dict(progress=False, batch_size=8, eval_batch_size=32)
@@ -134,3 +136,48 @@ def test_several_processes_train_the_head_by_epochs(tiny_data):
     two = head_solver(probe, model, tiny_data, objective, TrainSettings(), 2)
     assert not two.fits and "2 processes share the training split" in two.why
     assert not head_solver(get_strategy("full"), model, tiny_data, objective, TrainSettings(), 1).fits
+
+
+# ------------------------------------------------------------------------------ train.head_init fit
+
+def test_head_init_fit_starts_fine_tuning_from_the_fitted_probe(tiny_data, tmp_path):
+    common = dict(precision="fp32", **FAST)
+    probe = hs.create_model("toy:cnn", 3)
+    hs.fit(probe, tiny_data, "linear-probe", out=tmp_path / "probe", **common)
+    torch.manual_seed(0)
+    model = hs.create_model("toy:cnn", 3)
+    # bn frozen and a vanishing rate: one epoch of full fine-tuning leaves the start in place
+    hs.fit(model, tiny_data, "full", epochs=1, lr=1e-12, bn="frozen", head_init="fit", out=tmp_path / "ft", **common)
+    for k, v in probe.head.state_dict().items():
+        torch.testing.assert_close(model.head.state_dict()[k], v, rtol=1e-4, atol=1e-5)
+    assert "head initialised by a fit on the frozen backbone's features" in (tmp_path / "ft" / "trainable.txt").read_text()
+
+
+def test_a_head_init_fit_run_resumes_bit_for_bit(tiny_data, tmp_path, monkeypatch):
+    def run(out, resume=False):
+        torch.manual_seed(0)
+        return hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "full", epochs=3, lr=0.01, head_init="fit",
+                      out=out, resume=resume, **FAST)
+
+    whole = run(tmp_path / "a")
+    real = trainer.train_epoch
+
+    def killed_in_epoch_2(*a, **kw):
+        if kw["epoch"] == 1:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(trainer, "train_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b")
+    monkeypatch.setattr(trainer, "train_epoch", real)
+    resumed = run(tmp_path / "b", resume=True)  # the head is not fitted again over what it trained
+    assert without_timings(resumed.history) == without_timings(whole.history)
+    assert resumed.test_metrics == whole.test_metrics
+
+
+def test_head_init_fit_where_no_fit_applies_is_a_clear_error(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="train.head_init fit needs a head that a convex fit can start, and here "
+                                          "the head is not linear"):
+        hs.fit(hs.create_model("toy:cnn", 3, head="mlp"), tiny_data, "full", head_init="fit", out=tmp_path / "r",
+               **FAST)

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..data import FeatureData, make_batcher
 from ..errors import ConfigError
+from ..features import extract_features
 from ..linear_fit import L2_GRID, l2_path, scaled, unscaled, with_bias
 from ..objectives.tasks import CrossEntropy, MeanSquaredError
 from .loop import score_outputs
@@ -47,15 +49,18 @@ def linear_layer(head: nn.Module | None) -> nn.Linear | None:
 
 
 def why_not_fitted(strategy, model, data, objective, settings, processes: int) -> str | None:
-    """Why the head cannot be fitted in this run (None: it can)."""
-    loss, o = getattr(objective.main, "loss_fn", None), strategy.options
+    """Why the head cannot be fitted in this run (None: it can). `strategy` None: a fit of the initial head
+    only (train.head_init), which the strategy's regularisers and the cache do not concern."""
+    loss = getattr(objective.main, "loss_fn", None)
+    o = strategy.options if strategy is not None else None
     entries = len(data.train) * model.spec.num_features
     checks = [
         (entries > MAX_FIT_ENTRIES, f"the training features ({len(data.train)} x {model.spec.num_features}) are "
                                     "more than one full-batch fit holds in memory comfortably; epochs of SGD do well "
                                     "on that much data"),
         (processes > 1, f"{processes} processes share the training split (the fit would see one rank's part)"),
-        (settings.cache == "off" or settings.fsdp, "features are not cached (train.cache off, or FSDP)"),
+        (settings.fsdp, "the model is sharded (FSDP)"),
+        (strategy is not None and settings.cache == "off", "features are not cached (train.cache off)"),
         (data.unlabeled is not None, "domain adaptation trains on unlabeled target data too"),
         (bool(getattr(model, "extra_heads", None)), "a multi-task model has several heads"),
         (model.task not in ("classification", "regression"), f"the task is {model.task}, not single-label "
@@ -63,7 +68,7 @@ def why_not_fitted(strategy, model, data, objective, settings, processes: int) -
         (linear_layer(model.head) is None, "the head is not linear (an mlp head)"),
         (len(objective.terms) > 1 or objective.weighting is not None,
          f"the objective adds terms to the task loss ({objective})"),
-        (any((o.l2sp_alpha, o.l2sp_beta, o.bss_eta)), "the strategy adds a regulariser (L2-SP or BSS)"),
+        (o is not None and any((o.l2sp_alpha, o.l2sp_beta, o.bss_eta)), "the strategy adds a regulariser (L2-SP or BSS)"),
         (not isinstance(loss, CrossEntropy if model.task == "classification" else MeanSquaredError),
          f"the loss is {loss}"),
     ]
@@ -92,16 +97,16 @@ def head_solver(strategy, model, data, objective, settings, processes: int) -> H
 @torch.no_grad()
 def fit_head(core, train, val, objective, choose: BestEpoch, metric_names: list[str],
              positive: int | None = None) -> dict[str, float]:
-    """Fit the linear head of `core` on cached feature batchers `train` and `val` (plain view), keeping the L2
-    that `choose` (a fresh BestEpoch of the run's monitor) ranks first; returns the metrics-row entries
-    (the fitted model's mean training loss and its L2)."""
+    """Fit the linear head of `core` on the features of `train` and `val` (FeatureData: rows and targets),
+    keeping the L2 that `choose` (a fresh BestEpoch of the run's monitor) ranks first; returns the metrics-row
+    entries (the fitted model's mean training loss and its L2)."""
     layer = linear_layer(core.head)
-    x, y = train.data.features, train.data.targets
-    mean, std, (xs, xv) = scaled(x, val.data.features)
+    x, y = train.features, train.targets
+    mean, std, (xs, xv) = scaled(x, val.features)
     kept = None
     with torch.enable_grad():  # L-BFGS differentiates the loss
         for i, (l2, w) in enumerate(l2_path(xs, y, core.task, core.num_outputs, loss=objective.loss)):
-            row = score_outputs(with_bias(xv) @ w, val.data.targets, metric_names, "val", objective, positive)
+            row = score_outputs(with_bias(xv) @ w, val.targets, metric_names, "val", objective, positive)
             if choose.offer_row(row, i + 1):
                 kept = (l2, w)
     if kept is None:  # every L2 gave a non-finite val score: fall back to the strongest
@@ -112,3 +117,15 @@ def fit_head(core, train, val, objective, choose: BestEpoch, metric_names: list[
     layer.bias.copy_(bias.to(layer.bias))
     train_loss = objective.loss(x.float() @ weight.T + bias, y).item()
     return {"train/loss": train_loss, "head_l2": l2}
+
+
+def initial_head(core, data, objective, choose: BestEpoch, metric_names: list[str], positive: int | None,
+                 **extract) -> str:
+    """train.head_init fit: the head starts from the probe fitted on the pretrained backbone's features (eval
+    mode, plain view; `extract`: extract_features' placement and precision), as LP-FT starts fine-tuning from
+    a trained probe (Kumar et al., ICLR 2022) at the cost of one forward pass. Returns the line that says so."""
+    parts = [FeatureData(extract_features(core.backbone, make_batcher(part, core.spec, train=False), **extract), part)
+             for part in (data.train, data.val)]
+    fitted = fit_head(core, *parts, objective, choose, metric_names, positive)
+    return (f"head initialised by a fit on the frozen backbone's features (L2 {fitted['head_l2']:g}, "
+            f"{choose.monitor} {choose.value:.3f}), then trained")

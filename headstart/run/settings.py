@@ -49,6 +49,9 @@ class TrainSettings:
     grad_accum: int = setting(1, ge=1)
     clip_grad_norm: float | None = setting(None, gt=0.0)
     max_bad_steps: int = setting(0, ge=0)  # steps with a non-finite loss or gradient skipped before the run stops
+    # The new head's start: random (seeded), or fit: the linear probe fitted on the pretrained backbone's
+    # features (run/head_fit.py), then every epoch trains as the strategy says (LP-FT with the fit as its LP).
+    head_init: Literal["random", "fit"] = "random"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
     fast_dropout: bool = True  # CPU dropout masks drawn 4 per RNG call (run/dropout.py); false = torch's own

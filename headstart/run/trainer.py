@@ -31,7 +31,7 @@ from .distributed import check_processes, check_same_start, rank_batch_size
 from .sharding import check_fsdp, full_optimizer_state, full_state, load_full_state, shard
 from .dropout import install as install_fast_dropout
 from .folder import TEST_FILE, RunFolder, read_metrics
-from .head_fit import fit_head, head_solver
+from .head_fit import fit_head, head_solver, initial_head, why_not_fitted
 from .inputs import EpochInputs
 from .loop import BadSteps, evaluate_split, evaluate_target, score_outputs, train_epoch
 from .optim import build_optimizer, build_scheduler, regroup
@@ -155,6 +155,14 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
         metric_names = default_metrics(core.task, core.num_outputs)
         metric_names += [s.metric] if s.metric not in metric_names and core.task == "classification" else []
         evaluate.update(metric_setup(core.task, list(data.classes), data.train.targets, s.metric, s.positive_class))
+    if s.head_init == "fit" and not solver.fits and not state:  # a resumed run has its trained head already
+        why_not = why_not_fitted(None, core, data, objective, s, world)
+        if why_not is not None:
+            raise ConfigError(f"train.head_init fit needs a head that a convex fit can start, and here {why_not}. "
+                              "Use train.head_init random.")
+        rates += "\n" + initial_head(core, data, objective, BestEpoch(*selection, len(data.val)), metric_names,
+                                     evaluate.get("positive"), batch_size=s.eval_batch_size,
+                                     bf16=compute.bf16_eval, channels_last=compute.channels_last, device=device)
     target = make_batcher(data.unlabeled, core.spec, train=False) if data.unlabeled is not None else None
     show = s.progress and accelerator.is_main_process
     if show:
@@ -190,8 +198,8 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
             plan = inputs.for_epoch(core, compiled, epoch)
             row: dict[str, Any] = {"epoch": epoch + 1}
             if solver.fits:  # the head's L2 chosen on val by the rule that picks epochs
-                row.update(fit_head(core, plan.train, plan.val, objective, BestEpoch(*selection, len(data.val)),
-                                    metric_names, evaluate.get("positive")))
+                row.update(fit_head(core, plan.train.data, plan.val.data, objective,
+                                    BestEpoch(*selection, len(data.val)), metric_names, evaluate.get("positive")))
             else:
                 with depthwise_in_fp32(core, enabled=compute.pinned):
                     row.update(train_epoch(plan.step_model, core, objective, optimizer, scheduler, plan.train,
