@@ -181,3 +181,17 @@ def test_head_init_fit_where_no_fit_applies_is_a_clear_error(tiny_data, tmp_path
                                           "the head is not linear"):
         hs.fit(hs.create_model("toy:cnn", 3, head="mlp"), tiny_data, "full", head_init="fit", out=tmp_path / "r",
                **FAST)
+
+
+def test_non_finite_features_are_a_clear_error_not_a_nan_head(tiny_data, tmp_path):
+    class Broken(torch.nn.Module):
+        """Mean colour per channel, NaN for bright red pictures (as a backbone overflowing on some inputs)."""
+
+        def forward(self, x):
+            out = x.mean((2, 3))
+            return torch.where((out[:, :1] > out[:, 1:2] + 0.5), torch.full_like(out, float("nan")), out)
+
+    red = tiny_data.train.images[:, 0].float().mean((1, 2)) - tiny_data.train.images[:, 1].float().mean((1, 2))
+    assert (red > 0).any()  # the palette has a reddish class for the backbone to fail on
+    with pytest.raises(hs.HeadstartError, match=r"non-finite features for \d+ of \d+ training samples"):
+        hs.fit(hs.create_model(Broken(), 3), tiny_data, "linear-probe", out=tmp_path / "r", **FAST)
