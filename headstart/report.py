@@ -113,7 +113,8 @@ def overview(run: Path, config: dict, history: list[dict], meta: dict) -> str:
     model, train, strategy = config.get("model", {}), config.get("train", {}), config.get("strategy", {})
     rows = [("folder", str(run)), ("backbone", model.get("backbone") or meta.get("backbone", {}).get("source")),
             ("weights", model.get("weights")), ("strategy", strategy.get("name")),
-            ("epochs run", f"{len(history)} of {train.get('epochs', '?')}"),
+            ("epochs run", "1 (the head was fitted in one pass)" if any("head_l2" in r for r in history)
+             else f"{len(history)} of {train.get('epochs', '?')}"),
             ("training time", f"{training_seconds(history):.1f} s (sum of the epochs' seconds)"),
             ("best epoch", meta.get("epoch"))]
     if meta.get("contender"):  # auto shipped its raw-input contender (plan/contender.py)

@@ -195,3 +195,18 @@ def test_non_finite_features_are_a_clear_error_not_a_nan_head(tiny_data, tmp_pat
     assert (red > 0).any()  # the palette has a reddish class for the backbone to fail on
     with pytest.raises(hs.HeadstartError, match=r"non-finite features for \d+ of \d+ training samples"):
         hs.fit(hs.create_model(Broken(), 3), tiny_data, "linear-probe", out=tmp_path / "r", **FAST)
+
+
+def test_a_fitted_head_extracts_the_plain_view_only(tiny_data, tmp_path, monkeypatch):
+    import headstart.run.inputs as inputs
+
+    views, real = [], inputs.cached_features
+    monkeypatch.setattr(inputs, "cached_features",
+                        lambda *a, **k: views.append(k.get("view", "plain")) or real(*a, **k))
+    hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "linear-probe", cache_views=3, augment=True,
+           out=tmp_path / "fit", **FAST)
+    assert views == ["plain"] * 3  # train, val and test; no augmented copies for a fit that reads none
+    views.clear()
+    hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "linear-probe", cache_views=3, augment=True, solver="sgd",
+           epochs=1, out=tmp_path / "sgd", **FAST)
+    assert len(views) == 5 and views.count("plain") == 3  # the loop cycles through three views of train

@@ -147,6 +147,8 @@ def test_text_report_shows_snippets_of_mistakes(tmp_path):
     run = hs.fit(model, data, "linear-probe", epochs=1, out=tmp_path / "run", **FAST)
     page = run.extra["report"].read_text()
     assert sections(page)[-1] == "mistakes"
+    # the probe's head was fitted: the report says so instead of an epoch count and a learning-rate curve
+    assert "1 (the head was fitted in one pass)" in page and "at no learning rate" in page
     rows = re.findall(r"<tr><td>(even|odd)</td><td>(even|odd)</td><td>[0-9.]+</td><td>([^<]*)</td></tr>", page)
     assert rows and all(true != pred and "sample number" in text for true, pred, text in rows)
 

@@ -138,7 +138,9 @@ def _fit(model: TransferModel, data: DataSplits, strategy: Strategy, objective: 
     core = accelerator.unwrap_model(wrapped)
     # torch.compile (opt-in): measured 0 to -14% for CPU training steps here (ASSETS.md), +7-9% for inference.
     compiled = torch.compile(wrapped) if s.compile else wrapped
-    inputs = EpochInputs(core, data, cache="off" if s.fsdp else s.cache, augment=augment, views=s.cache_views, seed=s.seed,
+    # A fitted head reads the plain view only: augmented views would be extracted for nothing.
+    inputs = EpochInputs(core, data, cache="off" if s.fsdp else s.cache, augment=augment,
+                         views=1 if solver.fits else s.cache_views, seed=s.seed,
                          cache_dir=s.cache_dir, bf16=compute.bf16_eval, channels_last=compute.channels_last,
                          batch_size=s.eval_batch_size, device=device, processes=accelerator.num_processes,
                          wrap=accelerator.prepare_model)
