@@ -210,3 +210,12 @@ def test_a_fitted_head_extracts_the_plain_view_only(tiny_data, tmp_path, monkeyp
     hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "linear-probe", cache_views=3, augment=True, solver="sgd",
            epochs=1, out=tmp_path / "sgd", **FAST)
     assert len(views) == 5 and views.count("plain") == 3  # the loop cycles through three views of train
+
+
+def test_too_many_feature_entries_train_the_head_by_epochs(tiny_data, tmp_path, monkeypatch):
+    import headstart.run.head_fit as head_fit
+
+    monkeypatch.setattr(head_fit, "MAX_FIT_ENTRIES", 100)  # the toy CNN's 54 x 32 training features exceed it
+    run = hs.fit(hs.create_model("toy:cnn", 3), tiny_data, "linear-probe", epochs=2, out=tmp_path / "r", **FAST)
+    assert len(run.history) == 2
+    assert "head trained by epochs: the training features (54 x 32)" in (tmp_path / "r" / "trainable.txt").read_text()
