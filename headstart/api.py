@@ -62,11 +62,13 @@ def fit(model: TransferModel, data: DataSplits, strategy: str = "full", *, out: 
             with this weight.
         started: when the clock of ``budget`` and ``time_limit`` started (``time.time()``); default: this
             call. The CLI passes its process's start, so a budget covers loading the data too.
-        **train: any ``train.*`` config key (epochs, lr, batch_size, precision, early_stopping={...}, ...)
-            and any ``strategy.*`` option (trainable, unfreeze_every, lp_epochs, layer_decay, lora_r, budget...).
+        **train: any ``train.*`` config key (epochs, lr, batch_size, precision, head_init, early_stopping={...},
+            ...) and any ``strategy.*`` option (solver, trainable, unfreeze_every, lp_epochs, layer_decay, lora_r,
+            budget...).
 
     Example:
-        run = hs.fit(model, hs.datasets.load("fashion-mnist", subset=100), "linear-probe", epochs=3)
+        run = hs.fit(model, hs.datasets.load("fashion-mnist", subset=100), "linear-probe")  # the head fitted
+        run = hs.fit(model, data, "full", head_init="fit", epochs=2)  # fine-tuning from the fitted probe
         run = hs.fit(model, data, "lp-ft", lp_epochs=2, ft_lr_scale=0.1, epochs=5, out="runs/lpft")
     """
     options = {k: train.pop(k) for k in list(train) if k in strategy_config().model_fields and k != "name"}
