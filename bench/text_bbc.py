@@ -226,7 +226,9 @@ def plain_loop_worker(name: str, quick: bool) -> dict:
 # Every contender is one whole process timed from the parent (interpreter start, imports, model load,
 # tokenisation, training and the test pass), so the three wall times measure the same thing.
 
-COMPARE = ("reference", "full", "auto")  # contender names for --only; rows are named "<contender>-seed<S>"
+# contender names for --only; rows are named "<contender>-seed<S>". full-fitted-head: `full` at its defaults
+# with train.head_init=fit (fine-tuning starts from the probe fitted on the pretrained features).
+COMPARE = ("reference", "full", "auto", "full-fitted-head")
 REFERENCE_RECIPE = {"max_length": 128, "batch_size": 16, "lr": 5e-5, "head_lr": 1e-3, "weight_decay": 0.01,
                     "warmup_fraction": 0.1, "epochs": 2, "precision": "bf16"}
 QUICK_RECIPE = {**REFERENCE_RECIPE, "max_length": 32, "epochs": 1}
@@ -354,7 +356,9 @@ def run_headstart(contender: str, seed: int, quick: bool, train_csv: Path, test_
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         cmd = [str(headstart_cli), "fit", "--data", str(train_csv), "--set", f"data.test_path={test_csv}",
-               "--set", f"train.seed={seed}", "--out", str(run_dir), "--strategy", contender]
+               "--set", f"train.seed={seed}", "--out", str(run_dir),
+               "--strategy", "full" if contender == "full-fitted-head" else contender]
+        cmd += ["--set", "train.head_init=fit"] if contender == "full-fitted-head" else []
         if contender == "auto":
             cmd += ["--budget", f"{budget_s:.0f}s"]
         # The reference's input (128 tokens; MiniLM's own default is 256) for both: the comparison is of the
@@ -362,7 +366,7 @@ def run_headstart(contender: str, seed: int, quick: bool, train_csv: Path, test_
         recipe = QUICK_RECIPE if quick else REFERENCE_RECIPE
         cmd += ["--set", f"model.max_length={recipe['max_length']}"]
         if quick:  # auto picks its own epochs within the budget
-            cmd += ["--epochs", "1"] if contender == "full" else []
+            cmd += ["--epochs", "1"] if contender != "auto" else []
         # A cache of its own per run: every run starts cold (no features or token store from an earlier one).
         env = {**os.environ, "HEADSTART_CACHE": f"{tmp}/cache"}
         start = time.perf_counter()
@@ -406,7 +410,7 @@ def compare(contenders: list[str], seeds: list[int], quick: bool, previous: list
     with tempfile.TemporaryDirectory() as tmp:
         train_csv, test_csv = write_split_csvs(Path(tmp), quick)
         for seed in seeds:
-            for contender in [c for c in ("full", "auto") if c in contenders]:
+            for contender in [c for c in ("full", "auto", "full-fitted-head") if c in contenders]:
                 print(f"running {contender}-seed{seed} ...", flush=True)
                 rows.append(run_headstart(contender, seed, quick, train_csv, test_csv, budget_s))
                 print(json.dumps(rows[-1]), flush=True)
@@ -444,7 +448,7 @@ def compare_table(rows: list[dict]) -> list[str]:
                 f"s{r['seed']} {r['auto']['strategy']} {r['auto'].get('train') or ''}" for r in s["rows"]
                 if "auto" in r))
         else:
-            note = "default settings"
+            note = "default settings" + (", train.head_init=fit" if c == "full-fitted-head" else "")
         lines.append(f"| {c} | {seeds} | {fmt(s['mean'], '.4f')} ± {fmt(s['sd'], '.4f')} | {fmt(s['wall'], '.0f')} "
                      f"| {note} |")
     ref = table["reference"]
@@ -452,7 +456,7 @@ def compare_table(rows: list[dict]) -> list[str]:
         floor = ref["mean"] - (ref["sd"] or 0.0)
         lines += ["", f"Check (issue 15): headstart's mean accuracy >= reference mean - one sd = {floor:.4f}, and "
                   f"its mean wall time <= the reference's {ref['wall']:.0f} s.", ""]
-        for c in ("full", "auto"):
+        for c in ("full", "auto", "full-fitted-head"):
             s = table[c]
             if s is None or s["mean"] is None:
                 continue
@@ -529,7 +533,8 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="comma-separated runs: linear-probe, full-ft-2ep-bf16, "
                         "full-ft-whole-80, full-ft-2ep-bf16-256, plain-transformers-loop, steps (the four "
                         "training-step variants), plain-sweep (every variant of the plain loop) or a variant's name; "
-                        "reference, full, auto (issue 15's comparison contenders) or compare (all three)")
+                        "reference, full, auto, full-fitted-head (issue 15's comparison contenders) or compare "
+                        "(all of them)")
     parser.add_argument("--seeds", default=None, help="seeds of the comparison, comma-separated "
                         "(default 0,1,2; quick: 0)")
     args = parser.parse_args()
