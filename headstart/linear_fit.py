@@ -26,13 +26,17 @@ def standardise(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, (train - mean).pow(2).mean().sqrt().clamp_min(1e-12)
 
 
+def with_bias(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+
+
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, k: int, l2: float, init: torch.Tensor | None = None,
                  loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Multinomial logistic regression on (N, D) standardised features: (D + 1, K) weights, bias last row.
     `loss(logits, y)` is the data term (default: mean cross-entropy; a run passes its own, with its class
     weights and label smoothing)."""
     loss = loss or torch.nn.functional.cross_entropy
-    xb = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    xb = with_bias(x)
     w = (init.clone() if init is not None else torch.zeros(xb.shape[1], k, dtype=x.dtype)).requires_grad_(True)
     # These tolerances stop 3x sooner than torch's defaults at the same val and test accuracy (within 0.2
     # points on blurred Fashion-MNIST pixels, 500 x 3072).
@@ -69,10 +73,6 @@ def fit_standardised(x: torch.Tensor, y: torch.Tensor, task: str, num_outputs: i
     if task == "regression":
         return fit_ridge(x, y.float().reshape(len(y), -1), l2)
     return fit_logistic(x, y.long(), num_outputs, l2, init=init, loss=loss)
-
-
-def with_bias(x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
 
 
 def scaled(train_x: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
@@ -148,5 +148,3 @@ def out_of_fold(x: torch.Tensor, y: torch.Tensor, task: str, num_outputs: int, l
         w = fit_standardised(xs[~held], y[~held], task, num_outputs, l2, init=init)
         outputs[held] = with_bias(xs[held]) @ w
     return outputs
-
-

@@ -68,7 +68,7 @@ def write_report(run_dir: str | Path, data: DataSplits | None = None, *, module:
     lrs = [(r["epoch"], r["lr"]) for r in history if isinstance(r.get("lr"), (int, float))]
     page.section("lr", "Learning rate", page.figure("lr", lr_figure(lrs), "learning rate at the end of each epoch")
                  if lrs else note("the head was fitted in one pass (strategy.solver fit), at no learning rate."
-                                  if any("head_l2" in r for r in history) else
+                                  if head_fitted(history) else
                                   "no learning rate was logged (metrics.jsonl has no lr column)."))
     page.section("strategy", "Strategy and what trains", strategy_html(run, config))
     if (run / DECISION_FILE).is_file():
@@ -109,11 +109,16 @@ def read_test_metrics(run: Path) -> dict[str, float]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def head_fitted(history: list[dict]) -> bool:
+    """Whether the run fitted its head in one pass (run/head_fit.py logs the chosen L2 as head_l2)."""
+    return any("head_l2" in r for r in history)
+
+
 def overview(run: Path, config: dict, history: list[dict], meta: dict) -> str:
     model, train, strategy = config.get("model", {}), config.get("train", {}), config.get("strategy", {})
     rows = [("folder", str(run)), ("backbone", model.get("backbone") or meta.get("backbone", {}).get("source")),
             ("weights", model.get("weights")), ("strategy", strategy.get("name")),
-            ("epochs run", "1 (the head was fitted in one pass)" if any("head_l2" in r for r in history)
+            ("epochs run", "1 (the head was fitted in one pass)" if head_fitted(history)
              else f"{len(history)} of {train.get('epochs', '?')}"),
             ("training time", f"{training_seconds(history):.1f} s (sum of the epochs' seconds)"),
             ("best epoch", meta.get("epoch"))]

@@ -53,7 +53,6 @@ def why_not_fitted(strategy, model, data, objective, settings, processes: int) -
     """Why the head cannot be fitted in this run (None: it can). `strategy` None: a fit of the initial head
     only (train.head_init), which the strategy's regularisers and the cache do not concern."""
     loss = getattr(objective.main, "loss_fn", None)
-    o = strategy.options if strategy is not None else None
     entries = len(data.train) * model.spec.num_features
     checks = [
         (entries > MAX_FIT_ENTRIES, f"the training features ({len(data.train)} x {model.spec.num_features}) are "
@@ -69,8 +68,7 @@ def why_not_fitted(strategy, model, data, objective, settings, processes: int) -
         (linear_layer(model.head) is None, "the head is not linear (an mlp head)"),
         (len(objective.terms) > 1 or objective.weighting is not None,
          f"the objective adds terms to the task loss ({objective})"),
-        (o is not None and any((o.l2sp_alpha, o.l2sp_beta, o.bss_eta)),
-         "the strategy adds a regulariser (L2-SP or BSS)"),
+        (strategy is not None and strategy.regularised, "the strategy adds a regulariser (L2-SP or BSS)"),
         (not isinstance(loss, CrossEntropy if model.task == "classification" else MeanSquaredError),
          f"the loss is {loss}"),
     ]
@@ -110,15 +108,14 @@ def fit_head(core, train, val, objective, choose: BestEpoch, metric_names: list[
                             f"{name} samples (the first at positions {bad[:5].tolist()}), so no head can be fitted "
                             "on them. Check those inputs (corrupt files, extreme values) and the backbone's weights.")
     mean, std, (xs, xv) = scaled(x, val.features)
-    kept = None
+    kept = strongest = None
     with torch.enable_grad():  # L-BFGS differentiates the loss
         for i, (l2, w) in enumerate(l2_path(xs, y, core.task, core.num_outputs, loss=objective.loss)):
+            strongest = strongest or (l2, w)
             row = score_outputs(with_bias(xv) @ w, val.targets, metric_names, "val", objective, positive)
             if choose.offer_row(row, i + 1):
                 kept = (l2, w)
-    if kept is None:  # every L2 gave a non-finite val score: fall back to the strongest
-        kept = next(iter(l2_path(xs, y, core.task, core.num_outputs, loss=objective.loss)))
-    l2, w = kept
+    l2, w = kept or strongest  # every L2 with a non-finite val score: the strongest
     weight, bias = unscaled(w, mean, std)
     layer.weight.copy_(weight.to(layer.weight))
     layer.bias.copy_(bias.to(layer.bias))

@@ -139,6 +139,12 @@ class Strategy:
         return build_param_groups(model, lr, weight_decay, head_lr, self.group_lrs(model, epoch, lr, head_lr),
                                   no_decay=self.no_decay)
 
+    @property
+    def regularised(self) -> bool:
+        """Whether `regularizers` adds any term (L2-SP or BSS is on)."""
+        o = self.options
+        return bool(o.l2sp_alpha or o.l2sp_beta or o.bss_eta)
+
     def regularizers(self, model) -> list:
         """Loss terms the objective adds; built before a resumed state is loaded, so L2-SP's reference is the
         pretrained weights."""
